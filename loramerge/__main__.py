@@ -1,0 +1,3 @@
+from loramerge.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The `loramerge` command line: parse flags, build a recipe, call one library function, summarise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from loramerge.cli_support import console, parse_float_list, quiet_libraries, run_safely
+from loramerge.errors import LoramergeError
+from loramerge.merge import MergeResult, merge_adapters
+from loramerge.merge_recipe import MergeRecipe
+from loramerge.recipes import recipe_data, validate_recipe
+
+app = typer.Typer(
+    name="loramerge",
+    help="Cross-lingual LoRA adapters: align middle layers, train tasks, merge adapters exactly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+OverridesOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set sources.1.weight=0.5 (repeatable).")
+]
+
+
+def merge_recipe_from_flags(
+    sources: list[str] | None, recipe: Path | None, overrides: list[str] | None, weights: str | None, flags: dict[str, Any]
+) -> MergeRecipe:
+    """Recipe file < --set < flags. SRC arguments replace the recipe's sources; --weights sets their weights."""
+    data = recipe_data(recipe, overrides)
+    if sources:
+        data["sources"] = [{"path": path} for path in sources]
+    if not data.get("sources"):
+        raise LoramergeError("no adapters to merge: pass adapter folders as arguments or a --recipe with 'sources'")
+    if weights is not None:
+        values = parse_float_list(weights, "--weights")
+        if not isinstance(data["sources"], list) or len(values) != len(data["sources"]):
+            raise LoramergeError(f"--weights has {len(values)} values for {len(data['sources'])} adapters; give one weight per adapter")
+        for source, value in zip(data["sources"], values):
+            if isinstance(source, dict):
+                source["weight"] = value
+    data.update({key: value for key, value in flags.items() if value is not None})
+    return validate_recipe(MergeRecipe, data, str(recipe) if recipe else "arguments")
+
+
+def print_merge_summary(result: MergeResult) -> None:
+    report = result.report
+    table = Table(show_header=False, box=None)
+    table.add_row("output", str(result.out))
+    table.add_row("method", f"{report['method']} ({'exact' if report['exact'] else 'approximate'})")
+    table.add_row("modules", str(report["modules_merged"]))
+    ranks = report["rank_min"], report["rank_max"]
+    table.add_row("rank", str(ranks[0]) if ranks[0] == ranks[1] else f"{ranks[0]}-{ranks[1]}")
+    table.add_row("max relative error", f"{report['max_relative_error']:.2e}")
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged adapter.")],
+    sources: Annotated[Optional[list[str]], typer.Argument(help="PEFT LoRA adapter folders.", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Comma-separated weights, one per adapter (default 1 each; may be negative).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="cat (exact, default), svd, ties, dare_ties, dare_linear, magnitude_prune, linear.")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank for svd and the sparsifying methods.")] = None,
+    energy: Annotated[Optional[float], typer.Option("--energy", help="Or keep this fraction of each update's energy (0-1].")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML merge recipe (per-layer and per-module weights).")] = None,
+    overrides: OverridesOption = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the inputs').")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random methods (dare_*).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
+    allow_base_mismatch: Annotated[bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Combine PEFT LoRA adapters by weighted tensor arithmetic into one adapter, without the base model."""
+
+    def action() -> None:
+        flags = {"method": method, "rank": rank, "energy": energy, "dtype": dtype, "seed": seed,
+                 "allow_base_mismatch": allow_base_mismatch or None}
+        merge_recipe = merge_recipe_from_flags(sources, recipe, overrides, weights, flags)
+        columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("", total=None)
+
+            def advance(name: str) -> None:
+                progress.update(task, advance=1, description=name)
+
+            result = merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance)
+        print_merge_summary(result)
+
+    run_safely(debug, action)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("loramerge-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smallest settings (CI).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = True,
+    debug: DebugOption = False,
+) -> None:
+    """End-to-end example: make two adapters on a tiny model, merge them, check the merge against PEFT."""
+    from loramerge.demo import run_demo
+
+    run_safely(debug, lambda: run_demo(out, quick=quick, overwrite=overwrite, console=console))
+
+
+def main() -> None:
+    quiet_libraries()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Low-rank linear algebra on factors: SVD of B @ A without ever forming the dense matrix.
+
+For B (out x R) and A (R x in): QR(B) = Qb Rb, QR(A^T) = Qa Ra, SVD(Rb Ra^T) = U S V^T, so
+B @ A = (Qb U) S (V^T Qa^T). The SVD is of an R x R core: O((out + in) R^2 + R^3) instead of
+O(out * in * min(out, in)). Measured on 2 CPU cores, fp32, 4096 x 4096 with R = 32: dense SVD
+38-76 s, this 4 ms. Everything runs in float32 even for bf16 inputs: bf16's 8-bit mantissa would
+lose the small singular values that decide the truncation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Relative slack when comparing cumulative energy with a target fraction: fp32 sums of squares
+# carry ~1e-7 relative error, so energy=1.0 must not demand one more singular value than exists.
+ENERGY_SLACK = 1e-6
+# Randomised range finder: extra columns and power iterations (Halko et al. 2011, sec. 4.3-4.5);
+# 8 extra columns and 4 iterations give near-optimal bases for the flat spectra of pruned updates.
+OVERSAMPLE = 8
+POWER_ITERATIONS = 4
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """A thin SVD: matrix = left @ diag(values) @ right, values descending."""
+
+    left: torch.Tensor
+    values: torch.Tensor
+    right: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Rank-k factors B (out x k), A (k x in) and how much of the matrix they keep."""
+
+    b: torch.Tensor
+    a: torch.Tensor
+    retained_energy: float | None  # None where it has no meaning (PEFT-compatible 'linear')
+    relative_error: float
+
+
+def factor_svd(b: torch.Tensor, a: torch.Tensor) -> Spectrum:
+    """Exact thin SVD of b @ a from QR of the factors and an SVD of the small core."""
+    q_b, r_b = torch.linalg.qr(b.float())
+    q_a, r_a = torch.linalg.qr(a.float().T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    return Spectrum(left=q_b @ u, values=s, right=vh @ q_a.T)
+
+
+def product_frobenius_norm(b: torch.Tensor, a: torch.Tensor) -> float:
+    """||b @ a||_F from the Gram matrices: trace((b^T b)(a a^T)), an R x R computation."""
+    b, a = b.double(), a.double()
+    squared = torch.sum((b.T @ b) * (a @ a.T)).item()
+    return max(squared, 0.0) ** 0.5
+
+
+def choose_rank(values: torch.Tensor, rank: int | None, energy: float | None, total: float | None = None) -> int:
+    """How many singular values to keep: a fixed rank, or the fewest that keep `energy` of ||M||_F^2.
+
+    `total` is ||M||_F^2 when `values` are only the leading part of M's spectrum (a randomised sketch).
+    """
+    available = values.numel()
+    if energy is None:
+        return max(1, min(rank if rank is not None else available, available))
+    cumulative = torch.cumsum(values.double() ** 2, dim=0)
+    total = cumulative[-1].item() if total is None else total
+    if total == 0.0:
+        return 1
+    keep = int(torch.searchsorted(cumulative, energy * total * (1.0 - ENERGY_SLACK)).item()) + 1
+    return max(1, min(keep, available))
+
+
+def truncate(spectrum: Spectrum, keep: int, total_energy: float | None = None) -> Truncation:
+    """Split sqrt(S) between the factors (balanced norms) and report the Eckart-Young error.
+
+    `total_energy` is ||M||_F^2 of the matrix the spectrum approximates; by default the spectrum's own.
+    """
+    values = spectrum.values.double()
+    kept = values[:keep]
+    total = float((values**2).sum().item()) if total_energy is None else total_energy
+    kept_energy = float((kept**2).sum().item())
+    if total <= 0.0:
+        retained, error = 1.0, 0.0
+    else:
+        retained = min(kept_energy / total, 1.0)
+        error = max(total - kept_energy, 0.0) ** 0.5 / total**0.5
+    root = kept.sqrt().to(spectrum.left.dtype)
+    b = spectrum.left[:, :keep] * root
+    a = root[:, None] * spectrum.right[:keep]
+    return Truncation(b=b, a=a, retained_energy=retained, relative_error=error)
+
+
+def randomized_svd(matrix: torch.Tensor, columns: int, generator: torch.Generator) -> Spectrum:
+    """Approximate top singular triplets of a dense matrix (Halko, Martinsson, Tropp 2011).
+
+    Falls back to the exact thin SVD when the requested size approaches the matrix's smaller side,
+    where the randomised method saves nothing.
+    """
+    matrix = matrix.float()
+    smaller = min(matrix.shape)
+    width = columns + OVERSAMPLE
+    if width >= smaller // 2:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return Spectrum(left=u, values=s, right=vh)
+    probe = torch.randn(matrix.shape[1], width, generator=generator, dtype=matrix.dtype)
+    basis, _ = torch.linalg.qr(matrix @ probe)
+    for _ in range(POWER_ITERATIONS):
+        basis, _ = torch.linalg.qr(matrix.T @ basis)
+        basis, _ = torch.linalg.qr(matrix @ basis)
+    u, s, vh = torch.linalg.svd(basis.T @ matrix, full_matrices=False)
+    return Spectrum(left=basis @ u, values=s, right=vh)
+
+
+def dense_truncation(
+    matrix: torch.Tensor, rank: int | None, energy: float | None, generator: torch.Generator
+) -> Truncation:
+    """Best rank-k factors of a dense matrix; grows the randomised sketch until `energy` is reached."""
+    total = float((matrix.double() ** 2).sum().item())
+    smaller = min(matrix.shape)
+    columns = min(rank, smaller) if rank is not None else min(32, smaller)
+    while True:
+        spectrum = randomized_svd(matrix, columns, generator)
+        if energy is None:
+            return truncate(spectrum, min(columns, spectrum.values.numel()), total)
+        kept = float((spectrum.values.double() ** 2).sum().item())
+        if total == 0.0 or kept >= energy * total * (1.0 - ENERGY_SLACK) or spectrum.values.numel() >= smaller:
+            keep = choose_rank(spectrum.values, None, energy, total)
+            return truncate(spectrum, keep, total)
+        columns = min(columns * 2, smaller)

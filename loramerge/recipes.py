@@ -1,0 +1,113 @@
+"""Recipes: YAML files validated by strict pydantic schemas, with `--set a.b=v` overrides and flags.
+
+Precedence, lowest first: the recipe file, then `--set` overrides, then explicit command-line flags.
+Everything is validated together, and every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from loramerge.errors import LoramergeError
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a recipe must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LoramergeError(f"{path}: recipe file not found; check the --recipe path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        raise LoramergeError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LoramergeError(f"{path}: a recipe must be a YAML mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.0.c=value` override in place; the value is parsed as YAML (so 0.5 is a number)."""
+    if "=" not in assignment:
+        raise LoramergeError(f"--set {assignment!r}: expected KEY=VALUE, for example --set method=svd")
+    dotted, raw_value = assignment.split("=", 1)
+    parts = [part for part in dotted.strip().split(".") if part]
+    if not parts:
+        raise LoramergeError(f"--set {assignment!r}: empty key; expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        value = raw_value
+    container: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(container, list):
+            if not part.isdigit() or int(part) >= len(container):
+                raise LoramergeError(f"--set {dotted}: {part!r} is not an index of a list of {len(container)} items")
+            key: Any = int(part)
+        elif isinstance(container, dict):
+            key = part
+            if not last and not isinstance(container.get(key), (dict, list)):
+                container[key] = {}
+        else:
+            raise LoramergeError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+        if last:
+            container[key] = value
+        else:
+            container = container[key]
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against the recipe reference in README.md"
+        problems.append(f"{origin}: {location}: {message}")
+    return problems
+
+
+def recipe_data(path: Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe file's mapping (empty without a file) with `--set` overrides applied."""
+    data = read_recipe_file(path) if path is not None else {}
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return data
+
+
+def validate_recipe(schema: type[Schema], data: dict[str, Any], origin: str) -> Schema:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise LoramergeError(format_validation_error(exc, origin)) from exc
+
+
+def load_recipe(
+    schema: type[Schema],
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Schema:
+    """Recipe file < --set overrides < flags (None flags mean 'not given'), validated by `schema`."""
+    data = recipe_data(path, overrides)
+    data.update({key: value for key, value in (flags or {}).items() if value is not None})
+    return validate_recipe(schema, data, str(path) if path is not None else "recipe")
+
+
+def dump_recipe(recipe: BaseModel) -> str:
+    """The resolved recipe as YAML, to write next to every output."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
