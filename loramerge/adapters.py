@@ -119,7 +119,9 @@ def _check_config_features(config_path: Path, config: dict[str, Any], problems: 
     if peft_type != "LORA":
         problems.add(f"{config_path}: peft_type is {peft_type!r}, only 'LORA' adapters can be merged")
     if config.get("use_dora"):
-        problems.add(f"{config_path}: use_dora is true; DoRA's magnitude vectors do not add linearly, merge them with the base model instead")
+        problems.add(
+            f"{config_path}: use_dora is true; DoRA's magnitude vectors do not add linearly, merge them with the base model instead"
+        )
     if config.get("lora_bias"):
         problems.add(f"{config_path}: lora_bias is true; LoRA bias terms are not supported by the merge")
     if config.get("trainable_token_indices"):
@@ -158,8 +160,9 @@ def load_adapter(path: Path, problems: ProblemList) -> LoraAdapter | None:
     _check_config_features(path / CONFIG_FILE, config, problems)
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-            dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+            slices = {key: handle.get_slice(key) for key in list(handle.keys())}
+            shapes = {key: tuple(piece.get_shape()) for key, piece in slices.items()}
+            dtypes = {piece.get_dtype() for piece in slices.values()}
     except Exception as exc:  # safetensors raises several types for truncated or garbled headers
         problems.add(f"{weights_path}: unreadable safetensors file ({type(exc).__name__}: {exc}); re-save or re-download it")
         return None
@@ -181,7 +184,9 @@ def _index_tensors(
         split = _split_key(key)
         if split is None:
             if "lora_" in key or not key.startswith(KEY_PREFIX):
-                problems.add(f"{weights_path}: unrecognised tensor key {key!r}; expected PEFT LoRA keys such as base_model.model.<module>.lora_A.weight")
+                problems.add(
+                    f"{weights_path}: unrecognised tensor key {key!r}; expected PEFT LoRA keys such as base_model.model.<module>.lora_A.weight"
+                )
             else:
                 carried[key] = shapes[key]
             continue
@@ -214,7 +219,9 @@ def _build_module(
         return None
     a_shape, b_shape = shapes[pair["A"]], shapes[pair["B"]]
     if len(a_shape) != 2 or len(b_shape) != 2:
-        problems.add(f"{weights_path}: module {name} has {len(a_shape)}-D factors; only linear and embedding LoRA layers can be merged")
+        problems.add(
+            f"{weights_path}: module {name} has {len(a_shape)}-D factors; only linear and embedding LoRA layers can be merged"
+        )
         return None
     if a_shape[0] != b_shape[1]:
         problems.add(f"{weights_path}: module {name}: lora_A has rank {a_shape[0]} but lora_B has rank {b_shape[1]}")
@@ -222,7 +229,9 @@ def _build_module(
     rank = a_shape[0]
     configured_rank = pattern_value(config.get("rank_pattern") or {}, name, config.get("r"))
     if configured_rank != rank:
-        problems.add(f"{weights_path}: module {name} has rank {rank} but adapter_config.json gives r={configured_rank}; fix r or rank_pattern")
+        problems.add(
+            f"{weights_path}: module {name} has rank {rank} but adapter_config.json gives r={configured_rank}; fix r or rank_pattern"
+        )
         return None
     alpha = pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha"))
     scale = lora_scale(float(alpha), rank, bool(config.get("use_rslora")))

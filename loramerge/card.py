@@ -38,9 +38,7 @@ def loading_snippet(base_model: str | None) -> str:
     )
 
 
-def render_merge_card(
-    inputs: list[MergedInput], method: str, summary: str, recipe_yaml: str, base_model: str | None
-) -> str:
+def render_merge_card(inputs: list[MergedInput], method: str, summary: str, recipe_yaml: str, base_model: str | None) -> str:
     data = ModelCardData(
         library_name="peft",
         base_model=hub_base_model(base_model),

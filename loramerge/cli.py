@@ -41,7 +41,9 @@ def merge_recipe_from_flags(
     if weights is not None:
         values = parse_float_list(weights, "--weights")
         if not isinstance(data["sources"], list) or len(values) != len(data["sources"]):
-            raise LoramergeError(f"--weights has {len(values)} values for {len(data['sources'])} adapters; give one weight per adapter")
+            raise LoramergeError(
+                f"--weights has {len(values)} values for {len(data['sources'])} adapters; give one weight per adapter"
+            )
         for source, value in zip(data["sources"], values):
             if isinstance(source, dict):
                 source["weight"] = value
@@ -67,25 +69,49 @@ def print_merge_summary(result: MergeResult) -> None:
 def merge(
     out: Annotated[Path, typer.Option("--out", help="Folder for the merged adapter.")],
     sources: Annotated[Optional[list[str]], typer.Argument(help="PEFT LoRA adapter folders.", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Comma-separated weights, one per adapter (default 1 each; may be negative).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="cat (exact, default), svd, ties, dare_ties, dare_linear, magnitude_prune, linear.")] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", help="Comma-separated weights, one per adapter (default 1 each; may be negative)."),
+    ] = None,
+    method: Annotated[
+        Optional[str],
+        typer.Option("--method", help="cat (exact, default), svd, ties, dare_ties, dare_linear, magnitude_prune, linear."),
+    ] = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank for svd and the sparsifying methods.")] = None,
-    energy: Annotated[Optional[float], typer.Option("--energy", help="Or keep this fraction of each update's energy (0-1].")] = None,
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML merge recipe (per-layer and per-module weights).")] = None,
+    energy: Annotated[
+        Optional[float], typer.Option("--energy", help="Or keep this fraction of each update's energy (0-1].")
+    ] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option("--recipe", help="YAML merge recipe (per-layer and per-module weights).")
+    ] = None,
     overrides: OverridesOption = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the inputs').")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random methods (dare_*).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
-    allow_base_mismatch: Annotated[bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")] = False,
+    allow_base_mismatch: Annotated[
+        bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Combine PEFT LoRA adapters by weighted tensor arithmetic into one adapter, without the base model."""
 
     def action() -> None:
-        flags = {"method": method, "rank": rank, "energy": energy, "dtype": dtype, "seed": seed,
-                 "allow_base_mismatch": allow_base_mismatch or None}
+        flags = {
+            "method": method,
+            "rank": rank,
+            "energy": energy,
+            "dtype": dtype,
+            "seed": seed,
+            "allow_base_mismatch": allow_base_mismatch or None,
+        }
         merge_recipe = merge_recipe_from_flags(sources, recipe, overrides, weights, flags)
-        columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+        columns = (
+            TextColumn("merging"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        )
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("", total=None)
 

@@ -47,18 +47,30 @@ def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
         layers = load_model(base).config.num_hidden_layers
         task = make_random_adapter(base, Path("task"), seed=1, r=8, lora_alpha=16, target_modules=ALL_LINEAR)
         align = make_random_adapter(
-            base, Path("align"), seed=2, r=4, lora_alpha=8, use_rslora=True,
-            target_modules=ALL_LINEAR, layers_to_transform=list(range(layers // 2)),
+            base,
+            Path("align"),
+            seed=2,
+            r=4,
+            lora_alpha=8,
+            use_rslora=True,
+            target_modules=ALL_LINEAR,
+            layers_to_transform=list(range(layers // 2)),
         )
         results = {}
         for method, rank in (("cat", None), ("svd", 8)):
             console.print(f"[bold]2/3[/bold] merging task + 0.5 x align with method {method}")
-            recipe = {"sources": [{"path": str(task), "weight": WEIGHTS[0]}, {"path": str(align), "weight": WEIGHTS[1]}],
-                      "method": method, "rank": rank}
+            recipe = {
+                "sources": [{"path": str(task), "weight": WEIGHTS[0]}, {"path": str(align), "weight": WEIGHTS[1]}],
+                "method": method,
+                "rank": rank,
+            }
             merged = merge_adapters(recipe, Path(f"merged-{method}"))
             gap = merged_logits_gap(base, [task, align], list(WEIGHTS), merged.out)
-            results[method] = {"max_relative_error": merged.report["max_relative_error"], "logit_gap": gap,
-                               "rank_max": merged.report["rank_max"]}
+            results[method] = {
+                "max_relative_error": merged.report["max_relative_error"],
+                "logit_gap": gap,
+                "rank_max": merged.report["rank_max"],
+            }
         console.print("[bold]3/3[/bold] checked merged adapters against the exact weighted sum")
         Path("results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     table = Table("method", "rank", "max relative error", "max |logit gap| vs exact sum")
@@ -69,4 +81,3 @@ def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
         raise RuntimeError(f"exact merge differs from the weighted sum by {results['cat']['logit_gap']:.2e}")
     console.print(f"outputs in {out}")
     return out
-

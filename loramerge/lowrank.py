@@ -72,21 +72,17 @@ def choose_rank(values: torch.Tensor, rank: int | None, energy: float | None, to
     return max(1, min(keep, available))
 
 
-def truncate(spectrum: Spectrum, keep: int, total_energy: float | None = None) -> Truncation:
+def truncate(spectrum: Spectrum, keep: int) -> Truncation:
     """Split sqrt(S) between the factors (balanced norms) and report the Eckart-Young error.
 
-    `total_energy` is ||M||_F^2 of the matrix the spectrum approximates; by default the spectrum's own.
+    The error is summed from the discarded tail, not as total - kept: when 99.9% is kept the
+    subtraction cancels catastrophically in fp32.
     """
     values = spectrum.values.double()
-    kept = values[:keep]
-    total = float((values**2).sum().item()) if total_energy is None else total_energy
-    kept_energy = float((kept**2).sum().item())
-    if total <= 0.0:
-        retained, error = 1.0, 0.0
-    else:
-        retained = min(kept_energy / total, 1.0)
-        error = max(total - kept_energy, 0.0) ** 0.5 / total**0.5
-    root = kept.sqrt().to(spectrum.left.dtype)
+    total = float((values**2).sum().item())
+    tail = float((values[keep:] ** 2).sum().item())
+    retained, error = (1.0, 0.0) if total <= 0.0 else (1.0 - tail / total, (tail / total) ** 0.5)
+    root = values[:keep].sqrt().to(spectrum.left.dtype)
     b = spectrum.left[:, :keep] * root
     a = root[:, None] * spectrum.right[:keep]
     return Truncation(b=b, a=a, retained_energy=retained, relative_error=error)
@@ -113,19 +109,28 @@ def randomized_svd(matrix: torch.Tensor, columns: int, generator: torch.Generato
     return Spectrum(left=basis @ u, values=s, right=vh)
 
 
-def dense_truncation(
-    matrix: torch.Tensor, rank: int | None, energy: float | None, generator: torch.Generator
-) -> Truncation:
-    """Best rank-k factors of a dense matrix; grows the randomised sketch until `energy` is reached."""
+def dense_truncation(matrix: torch.Tensor, rank: int | None, energy: float | None, generator: torch.Generator) -> Truncation:
+    """Near-best rank-k factors of a dense matrix; grows the randomised sketch until `energy` is reached.
+
+    The sketch sees only the leading spectrum, so energy and error are measured against the matrix itself.
+    """
+    matrix = matrix.float()
     total = float((matrix.double() ** 2).sum().item())
     smaller = min(matrix.shape)
     columns = min(rank, smaller) if rank is not None else min(32, smaller)
     while True:
         spectrum = randomized_svd(matrix, columns, generator)
         if energy is None:
-            return truncate(spectrum, min(columns, spectrum.values.numel()), total)
+            keep = min(columns, spectrum.values.numel())
+            break
         kept = float((spectrum.values.double() ** 2).sum().item())
         if total == 0.0 or kept >= energy * total * (1.0 - ENERGY_SLACK) or spectrum.values.numel() >= smaller:
             keep = choose_rank(spectrum.values, None, energy, total)
-            return truncate(spectrum, keep, total)
+            break
         columns = min(columns * 2, smaller)
+    factors = truncate(spectrum, keep)
+    if total == 0.0:
+        return factors
+    residual = float((matrix - factors.b @ factors.a).double().norm().item()) / total**0.5
+    kept_energy = float((spectrum.values[:keep].double() ** 2).sum().item())
+    return Truncation(b=factors.b, a=factors.a, retained_energy=min(kept_energy / total, 1.0), relative_error=residual)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from loramerge.adapters import KEY_PREFIX, LoraAdapter, hash_adapter_files, load_adapter, write_adapter
 from loramerge.atomic import atomic_directory, output_dir_problem
 from loramerge.card import MergedInput, render_merge_card
-from loramerge.errors import LoramergeError, ProblemList
+from loramerge.errors import ProblemList
 from loramerge.layer_weights import layer_index, module_weight
 from loramerge.lowrank import Truncation
 from loramerge.merge_methods import METHODS, Contribution, MethodSettings
@@ -66,7 +66,9 @@ def check_compatibility(adapters: list[LoraAdapter], recipe: MergeRecipe, proble
     bases = {adapter.base_model for adapter in adapters}
     if len(bases) > 1 and not recipe.allow_base_mismatch:
         listing = ", ".join(f"{a.path}: {a.base_model!r}" for a in adapters)
-        problems.add(f"adapters were trained on different base models ({listing}); pass --allow-base-mismatch if they are the same model")
+        problems.add(
+            f"adapters were trained on different base models ({listing}); pass --allow-base-mismatch if they are the same model"
+        )
     fan_in_fan_out = {bool(adapter.config.get("fan_in_fan_out")) for adapter in adapters}
     if len(fan_in_fan_out) > 1:
         problems.add("adapters disagree on fan_in_fan_out; they were made for different layer layouts")
@@ -82,7 +84,9 @@ def check_compatibility(adapters: list[LoraAdapter], recipe: MergeRecipe, proble
                 )
             seen.setdefault(name, (adapter, geometry))
             if recipe.method == "linear" and module.rank != adapters[0].modules.get(name, module).rank:
-                problems.add(f"module {name}: method 'linear' needs equal ranks, got {adapters[0].modules[name].rank} and {module.rank}; use 'cat' or 'svd'")
+                problems.add(
+                    f"module {name}: method 'linear' needs equal ranks, got {adapters[0].modules[name].rank} and {module.rank}; use 'cat' or 'svd'"
+                )
 
 
 def read_factors(handle: Any, adapter: LoraAdapter, name: str, problems: ProblemList) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,8 +111,11 @@ def merge_module(
         indices.append(index)
         weights.append(weight)
     settings = MethodSettings(
-        rank=recipe.rank, energy=recipe.energy, density=recipe.density,
-        normalize=recipe.normalize, majority_sign=recipe.majority_sign,
+        rank=recipe.rank,
+        energy=recipe.energy,
+        density=recipe.density,
+        normalize=recipe.normalize,
+        majority_sign=recipe.majority_sign,
     )
     generator = torch.Generator().manual_seed(module_seed(recipe.seed, name))
     return METHODS[recipe.method].function(contributions, settings, generator), indices, weights
@@ -175,8 +182,10 @@ def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -
             f"--max-lora-rank {report['rank_max']}, or merge with --method svd --rank {VLLM_MAX_LORA_RANK}"
         )
     if carried:
-        names = ", ".join(sorted(key[len(KEY_PREFIX):] for key in carried))
-        warnings.append(f"the output carries full tensors ({names}); vLLM rejects adapters with full lm_head/embed_tokens weights")
+        names = ", ".join(sorted(key[len(KEY_PREFIX) :] for key in carried))
+        warnings.append(
+            f"the output carries full tensors ({names}); vLLM rejects adapters with full lm_head/embed_tokens weights"
+        )
     return warnings
 
 
@@ -208,8 +217,11 @@ def merge_adapters(
             a_key, b_key = lora_keys(adapters, name)
             tensors[a_key], tensors[b_key] = merged.a.to(dtype).contiguous(), merged.b.to(dtype).contiguous()
             modules[name] = {
-                "rank": merged.a.shape[0], "retained_energy": merged.retained_energy,
-                "relative_error": merged.relative_error, "sources": indices, "weights": weights,
+                "rank": merged.a.shape[0],
+                "retained_energy": merged.retained_energy,
+                "relative_error": merged.relative_error,
+                "sources": indices,
+                "weights": weights,
             }
             if on_module is not None:
                 on_module(name)

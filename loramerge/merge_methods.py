@@ -135,7 +135,9 @@ def elect_and_sum(weighted: list[torch.Tensor], weights: list[float], settings: 
 def _recompress(
     merged: torch.Tensor, contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator
 ) -> Truncation:
-    return dense_truncation(merged, _default_rank(contributions, settings) if settings.energy is None else None, settings.energy, generator)
+    return dense_truncation(
+        merged, _default_rank(contributions, settings) if settings.energy is None else None, settings.energy, generator
+    )
 
 
 def merge_magnitude_prune(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
@@ -168,18 +170,49 @@ def merge_dare_ties(contributions: list[Contribution], settings: MethodSettings,
 
 
 METHODS: dict[str, MethodInfo] = {
-    "cat": MethodInfo(merge_cat, exact=True, truncates=False, sparsifies=False,
-                      summary="exact weighted sum; output rank = sum of input ranks"),
-    "svd": MethodInfo(merge_svd, exact=False, truncates=True, sparsifies=False,
-                      summary="exact sum re-factorised to rank R or energy E; optimal (Eckart-Young) truncation"),
-    "ties": MethodInfo(merge_ties, exact=False, truncates=True, sparsifies=True,
-                       summary="trim to density, elect signs, sum agreeing entries of dW; recompressed"),
-    "dare_ties": MethodInfo(merge_dare_ties, exact=False, truncates=True, sparsifies=True,
-                            summary="random drop + rescale, then TIES sign election on dW; recompressed"),
-    "dare_linear": MethodInfo(merge_dare_linear, exact=False, truncates=True, sparsifies=True,
-                              summary="random drop + rescale of dW, weighted sum; recompressed"),
-    "magnitude_prune": MethodInfo(merge_magnitude_prune, exact=False, truncates=True, sparsifies=True,
-                                  summary="keep the largest entries of each dW, weighted sum; recompressed"),
-    "linear": MethodInfo(merge_linear, exact=False, truncates=False, sparsifies=False,
-                         summary="PEFT add_weighted_adapter 'linear' compatibility: NOT the weighted sum (cross terms)"),
+    "cat": MethodInfo(
+        merge_cat, exact=True, truncates=False, sparsifies=False, summary="exact weighted sum; output rank = sum of input ranks"
+    ),
+    "svd": MethodInfo(
+        merge_svd,
+        exact=False,
+        truncates=True,
+        sparsifies=False,
+        summary="exact sum re-factorised to rank R or energy E; optimal (Eckart-Young) truncation",
+    ),
+    "ties": MethodInfo(
+        merge_ties,
+        exact=False,
+        truncates=True,
+        sparsifies=True,
+        summary="trim to density, elect signs, sum agreeing entries of dW; recompressed",
+    ),
+    "dare_ties": MethodInfo(
+        merge_dare_ties,
+        exact=False,
+        truncates=True,
+        sparsifies=True,
+        summary="random drop + rescale, then TIES sign election on dW; recompressed",
+    ),
+    "dare_linear": MethodInfo(
+        merge_dare_linear,
+        exact=False,
+        truncates=True,
+        sparsifies=True,
+        summary="random drop + rescale of dW, weighted sum; recompressed",
+    ),
+    "magnitude_prune": MethodInfo(
+        merge_magnitude_prune,
+        exact=False,
+        truncates=True,
+        sparsifies=True,
+        summary="keep the largest entries of each dW, weighted sum; recompressed",
+    ),
+    "linear": MethodInfo(
+        merge_linear,
+        exact=False,
+        truncates=False,
+        sparsifies=False,
+        summary="PEFT add_weighted_adapter 'linear' compatibility: NOT the weighted sum (cross terms)",
+    ),
 }

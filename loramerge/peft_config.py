@@ -37,9 +37,7 @@ def rank_patterns(module_ranks: dict[str, int]) -> tuple[int, dict[str, int]]:
     return default, ordered
 
 
-def merged_config(
-    adapters: list[LoraAdapter], module_ranks: dict[str, int], base_model: str | None
-) -> dict[str, Any]:
+def merged_config(adapters: list[LoraAdapter], module_ranks: dict[str, int], base_model: str | None) -> dict[str, Any]:
     """Start from the first input's config (keeps keys newer PEFT versions add) and set what changed.
 
     The scale is folded into B, so every module has alpha == r (scale 1) and rsLoRA is off.

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random Llama saved from a config, and PEFT adapters made by PEFT itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from loramerge.examples import ALL_LINEAR, make_random_adapter, save_tiny_llama
+
+torch.set_num_threads(1)  # tests run in parallel workers on 2 cores; more threads only contend
+
+AdapterFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def make_adapter(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterFactory:
+    """make_adapter(name, seed=..., **LoraConfig options) -> adapter folder (cached per session)."""
+    root = tmp_path_factory.mktemp("adapters")
+    made: dict[str, Path] = {}
+
+    def factory(name: str, seed: int = 0, **options: Any) -> Path:
+        if name not in made:
+            options.setdefault("target_modules", ALL_LINEAR)
+            made[name] = make_random_adapter(tiny_base, root / name, seed=seed, **options)
+        return made[name]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def task_adapter(make_adapter: AdapterFactory) -> Path:
+    return make_adapter("task", seed=1, r=8, lora_alpha=16)
+
+
+@pytest.fixture(scope="session")
+def align_adapter(make_adapter: AdapterFactory) -> Path:
+    """Like train-align's output: rsLoRA, only the lower half of the layers, per-module rank and alpha."""
+    return make_adapter(
+        "align",
+        seed=2,
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        layers_to_transform=[0, 1],
+        rank_pattern={"model.layers.1.mlp.down_proj": 2},
+        alpha_pattern={"q_proj": 3},
+    )
+
+
+@pytest.fixture(scope="session")
+def attention_adapter(make_adapter: AdapterFactory) -> Path:
+    """Different target modules (attention only) and an embedding LoRA."""
+    return make_adapter("attention", seed=3, r=6, lora_alpha=6, target_modules=["q_proj", "v_proj", "embed_tokens"])
+
+
+def edit_config(adapter: Path, **changes: Any) -> None:
+    path = adapter / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
