@@ -38,6 +38,11 @@ def loading_snippet(base_model: str | None) -> str:
     )
 
 
+def card_text(data: ModelCardData, body: str) -> str:
+    """YAML metadata block (the Hub reads it) followed by the markdown body."""
+    return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body=body))
+
+
 def render_merge_card(inputs: list[MergedInput], method: str, summary: str, recipe_yaml: str, base_model: str | None) -> str:
     data = ModelCardData(
         library_name="peft",
@@ -64,5 +69,44 @@ def render_merge_card(inputs: list[MergedInput], method: str, summary: str, reci
         "## Use\n\n"
         f"{loading_snippet(base_model)}"
     )
-    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body=body)
-    return str(card)
+    return card_text(data, body)
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    kind: str  # "alignment" | "task" | "joint task + alignment"
+    data_rows: list[tuple[str, str, int]]  # (data set, language or direction, examples)
+    hyperparameters: dict[str, str]
+    final_metrics: dict[str, float]
+
+
+def render_training_card(summary: TrainingSummary, recipe_yaml: str, base_model: str | None, languages: list[str]) -> str:
+    tags = ["lora", "peft", "loramerge"]
+    if "alignment" in summary.kind:
+        tags.append("cross-lingual-alignment")
+    data = ModelCardData(
+        library_name="peft",
+        base_model=hub_base_model(base_model),
+        tags=tags,
+        language=languages or None,
+        pipeline_tag="text-generation",
+    )
+    data_rows = "\n".join(f"| {name} | {language} | {count} |" for name, language, count in summary.data_rows)
+    settings = "\n".join(f"| {key} | {value} |" for key, value in summary.hyperparameters.items())
+    metrics = "\n".join(f"| {key} | {value:.4f} |" for key, value in summary.final_metrics.items())
+    body = (
+        f"# LoRA adapter: {summary.kind}\n\n"
+        "Trained with [loramerge](https://pypi.org/project/loramerge/), which implements Liu & Niehues,\n"
+        "*Middle-Layer Representation Alignment for Cross-Lingual Transfer in Fine-Tuned LLMs* (ACL 2025).\n\n"
+        f"Base model: `{base_model or 'not recorded'}`\n\n"
+        "## Data\n\n| data set | language | examples |\n|---|---|---|\n"
+        f"{data_rows}\n\n"
+        "## Hyperparameters\n\n| setting | value |\n|---|---|\n"
+        f"{settings}\n\n"
+        "## Final metrics\n\n| metric | value |\n|---|---|\n"
+        f"{metrics}\n\n"
+        "Per-step losses are in `metrics.jsonl`.\n\n"
+        f"## Recipe\n\n```yaml\n{recipe_yaml}```\n\n"
+        f"## Use\n\n{loading_snippet(base_model)}"
+    )
+    return card_text(data, body)

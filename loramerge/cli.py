@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loramerge.cli_support import console, parse_float_list, quiet_libraries, run_safely
+from loramerge.cli_train import train_align, train_task
 from loramerge.errors import LoramergeError
 from loramerge.merge import MergeResult, merge_adapters
 from loramerge.merge_recipe import MergeRecipe
@@ -122,6 +123,10 @@ def merge(
         print_merge_summary(result)
 
     run_safely(debug, action)
+
+
+app.command("train-align")(train_align)
+app.command("train-task")(train_task)
 
 
 @app.command()

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
+from loramerge.train_recipe import ALL_LINEAR  # noqa: F401  (re-exported for the demo, tests and benchmarks)
+
 # Small enough that a forward pass takes milliseconds on a CPU, big enough to have GQA
 # (4 query heads, 2 key/value heads) so q/k/v shapes differ like in real models.
 TINY_LLAMA = dict(
@@ -22,7 +24,6 @@ TINY_LLAMA = dict(
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def save_tiny_llama(folder: Path, seed: int = 0, **overrides: Any) -> Path:
@@ -54,3 +55,52 @@ def make_random_adapter(base_folder: Path, out: Path, seed: int, **lora_options:
     randomize_trainable(model, seed)
     model.save_pretrained(out)
     return out
+
+
+# A few translation pairs for tokenizer training and smoke runs (written for this project).
+EXAMPLE_PAIRS = [
+    ("The file could not be opened.", "Le fichier n'a pas pu être ouvert."),
+    ("Save the document before closing.", "Enregistrez le document avant de fermer."),
+    ("The network connection was lost.", "La connexion réseau a été perdue."),
+    ("Do you want to delete this folder?", "Voulez-vous supprimer ce dossier ?"),
+    ("The printer is out of paper.", "L'imprimante n'a plus de papier."),
+    ("Your password has expired.", "Votre mot de passe a expiré."),
+    ("Select a language for the interface.", "Choisissez une langue pour l'interface."),
+    ("The update was installed successfully.", "La mise à jour a été installée avec succès."),
+]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def save_tiny_tokenizer(folder: Path, vocab_size: int = 320) -> Path:
+    """A byte-level BPE tokenizer trained offline on EXAMPLE_PAIRS (256 byte symbols + merges)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([text for pair in EXAMPLE_PAIRS for text in pair] * 10, trainer)
+    bos = tokenizer.token_to_id("<s>")
+    # Like Llama: every sequence starts with BOS, so mean pooling meets the same first-token effect.
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    wrapped.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_llama_with_tokenizer(folder: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A complete local model folder (config, weights, tokenizer) that train-align/train-task accept."""
+    save_tiny_tokenizer(folder)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    tokens = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    return save_tiny_llama(folder, seed, **{"vocab_size": vocab, **tokens, **overrides})

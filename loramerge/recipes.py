@@ -23,9 +23,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def read_recipe_file(path: Path) -> dict[str, Any]:
+EXTENDS_KEY = "extends"  # a recipe may start from another (path relative to itself) and change a few keys
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def read_recipe_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
-        raise LoramergeError(f"{path}: recipe file not found; check the --recipe path")
+        origin = f" (extended by {chain[-1]})" if chain else ""
+        raise LoramergeError(f"{path}: recipe file not found{origin}; check the path")
+    if path.resolve() in chain:
+        raise LoramergeError(f"{path}: recipes extend each other in a cycle: {' -> '.join(map(str, chain))}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -36,7 +50,12 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise LoramergeError(f"{path}: a recipe must be a YAML mapping of keys to values, got {type(data).__name__}")
-    return data
+    parent = data.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise LoramergeError(f"{path}: '{EXTENDS_KEY}' must be a path to another recipe, got {parent!r}")
+    return deep_merge(read_recipe_file(path.parent / parent, (*chain, path.resolve())), data)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -44,26 +63,31 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise LoramergeError(f"--set {assignment!r}: expected KEY=VALUE, for example --set method=svd")
     dotted, raw_value = assignment.split("=", 1)
-    parts = [part for part in dotted.strip().split(".") if part]
-    if not parts:
-        raise LoramergeError(f"--set {assignment!r}: empty key; expected KEY=VALUE")
     try:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError:
         value = raw_value
+    set_path(data, dotted, value, f"--set {dotted}")
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    """data['a']['b'][0]['c'] = value for 'a.b.0.c', creating sections as needed."""
+    parts = [part for part in dotted.strip().split(".") if part]
+    if not parts:
+        raise LoramergeError(f"{origin}: empty key; expected KEY=VALUE")
     container: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(container, list):
             if not part.isdigit() or int(part) >= len(container):
-                raise LoramergeError(f"--set {dotted}: {part!r} is not an index of a list of {len(container)} items")
+                raise LoramergeError(f"{origin}: {part!r} is not an index of a list of {len(container)} items")
             key: Any = int(part)
         elif isinstance(container, dict):
             key = part
             if not last and not isinstance(container.get(key), (dict, list)):
                 container[key] = {}
         else:
-            raise LoramergeError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+            raise LoramergeError(f"{origin}: {'.'.join(parts[:depth])} is a value, not a section")
         if last:
             container[key] = value
         else:
@@ -102,9 +126,11 @@ def load_recipe(
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> Schema:
-    """Recipe file < --set overrides < flags (None flags mean 'not given'), validated by `schema`."""
+    """Recipe file < --set overrides < flags ({dotted key: value}; None means 'not given'), validated by `schema`."""
     data = recipe_data(path, overrides)
-    data.update({key: value for key, value in (flags or {}).items() if value is not None})
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_path(data, dotted, value, f"flag {dotted}")
     return validate_recipe(schema, data, str(path) if path is not None else "recipe")
 
 

@@ -68,3 +68,41 @@ def edit_config(adapter: Path, **changes: Any) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """tiny_model_dir('llama' | 'qwen2' | 'gemma3') -> a model folder with a tokenizer, as train-* expect."""
+    from transformers import AutoModelForCausalLM
+
+    from loramerge.examples import save_tiny_tokenizer
+    from tests.tiny_configs import CONFIGS
+
+    root = tmp_path_factory.mktemp("trainable-models")
+    made: dict[str, Path] = {}
+
+    def factory(architecture: str) -> Path:
+        if architecture not in made:
+            folder = save_tiny_tokenizer(root / architecture)
+            config = CONFIGS[architecture]()
+            config.vocab_size, config.pad_token_id, config.bos_token_id, config.eos_token_id = 320, 0, 1, 2
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+            made[architecture] = folder
+        return made[architecture]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def example_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """pairs.jsonl (en-fr), task.jsonl (fr -> en 'translation' records) and their dev copies."""
+    from loramerge.examples import EXAMPLE_PAIRS
+
+    root = tmp_path_factory.mktemp("data")
+    pairs = [{"source": s, "target": t, "source_lang": "en", "target_lang": "fr"} for s, t in EXAMPLE_PAIRS]
+    task = [{"prompt": f"Translate to English: {t}\n", "completion": s, "lang": "fr"} for s, t in EXAMPLE_PAIRS]
+    files = {"pairs": pairs * 3, "task": task * 3, "dev_pairs": pairs, "dev_task": task}
+    for name, rows in files.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return {name: root / f"{name}.jsonl" for name in files}

@@ -1,0 +1,140 @@
+"""The two training objectives as pure functions of tensors: the task loss and the alignment loss.
+
+Alignment (DESIGN.md section 4): mean-pool the layer-k hidden states of a sentence and of its
+translation, then InfoNCE with cosine similarity and in-batch negatives. Everything is computed in
+float32, whatever the model's dtype: a bf16 softmax over temperature-scaled cosines loses the small
+differences between near-identical sentence vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # the label value transformers and PEFT use for "not supervised"
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, skip_first: bool) -> torch.Tensor:
+    """Masked mean over each sequence's real tokens: [B, T, D], [B, T] -> [B, D] float32.
+
+    skip_first drops each sequence's first real token (the BOS token on most tokenizers): its activation
+    is so large that on small models it dominates the mean and every pair looks alike (cosine ~0.999
+    on SmolLM2-135M). The first real token is located from the mask, so left padding works too. A
+    sequence with a single real token keeps it rather than dividing by zero; an all-padding row pools
+    to the zero vector.
+    """
+    mask = attention_mask.to(torch.float32)
+    if skip_first:
+        first = F.one_hot(mask.argmax(dim=1), num_classes=mask.shape[1]).to(torch.float32)
+        more_than_one = (mask.sum(dim=1, keepdim=True) > 1).to(torch.float32)
+        mask = mask - first * mask * more_than_one
+    summed = torch.einsum("btd,bt->bd", hidden.to(torch.float32), mask)
+    return summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def info_nce(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float = 0.1,
+    positive_offset: int = 0,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """InfoNCE over cosine similarities: anchor i's positive is candidate positive_offset + i.
+
+    anchors [N, D], candidates [M, D] with M >= positive_offset + N; all other candidates are negatives.
+    With data parallelism, pass the local anchors and the gathered candidates of all processes
+    (`gather_with_grad`) with positive_offset = rank * N: the mean over processes of this loss is then
+    the loss of the whole global batch, and gradient flows into both sides.
+
+    symmetric=True averages with the reverse direction, which reuses the same similarity matrix: each
+    positive (candidates[offset + i]) is a query over the N anchors, positive anchor i. With N == M and
+    offset 0 this is the usual symmetric (CLIP) loss. In the gathered case the reverse direction sees
+    only the local anchors as negatives; for global negatives both ways, gather both sides and average
+    info_nce(local_a, all_c, offset=o) with info_nce(local_c, all_a, offset=o).
+    """
+    rows = anchors.shape[0]
+    if candidates.shape[0] < positive_offset + rows:
+        raise ValueError(
+            f"info_nce: {rows} anchors with positive_offset={positive_offset} need at least "
+            f"{positive_offset + rows} candidates, got {candidates.shape[0]}"
+        )
+    similarity = F.normalize(anchors.to(torch.float32), dim=-1) @ F.normalize(candidates.to(torch.float32), dim=-1).T
+    logits = similarity / temperature
+    targets = torch.arange(rows, device=logits.device)
+    loss = F.cross_entropy(logits, targets + positive_offset)
+    if not symmetric:
+        return loss
+    reverse = logits[:, positive_offset : positive_offset + rows].T  # [positives, anchors]
+    return (loss + F.cross_entropy(reverse, targets)) / 2
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def task_loss(logits_or_output: torch.Tensor | Any, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the supervised tokens (labels != -100), as transformers computes it.
+
+    logits_or_output: logits [B, T, V] or a model output with `.logits`. Position t predicts
+    labels[t + 1]. reduction="sum" with `supervised_tokens` lets a training loop weight micro-batches
+    by their token counts. With no supervised token the mean is 0 (transformers returns NaN, which
+    would poison the optimiser state), still attached to the graph.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"task_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    logits = _logits_of(logits_or_output)[:, :-1, :]
+    targets = labels[:, 1:].to(logits.device)
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).to(torch.float32),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    if reduction == "sum":
+        return total
+    return total / supervised_tokens(labels).clamp(min=1)
+
+
+def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens `task_loss` averages over (the first position predicts nothing)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns to each process the summed gradient of its own rows.
+
+    Written here with the two most basic collectives rather than torch.distributed.nn.functional.all_gather,
+    which torch 2.13 deprecates (its suggested replacement is private API). all_reduce of the full
+    gradient moves world_size times more than a reduce-scatter, but these are pooled vectors
+    (batch x hidden), not activations, and gloo has no reduce-scatter.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        distributed = torch.distributed
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(distributed.get_world_size())]
+        distributed.all_gather(parts, tensor)
+        ctx.rows = slice(distributed.get_rank() * tensor.shape[0], (distributed.get_rank() + 1) * tensor.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place; autograd may still hold `grad`
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rows]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from all processes along dim 0 (rank order), keeping autograd.
+
+    The gradient that another process's loss sends to our rows comes back to us, so each process's
+    anchors learn from every negative. Every process must pass the same shape (pad or drop the last
+    batch). Identity without torch.distributed or with one process.
+    """
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)

@@ -1,0 +1,73 @@
+"""Training recipes: one schema for train-align and train-task (the objective mix is the difference)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from loramerge.recipes import StrictModel
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSettings(StrictModel):
+    """The paper's LoRA: r=8, alpha=16, dropout 0.1 on every linear projection of every block."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
+    use_rslora: bool = False
+
+
+class AlignSettings(StrictModel):
+    layer: int | None = Field(None, ge=1, description="hidden_states index k (0 = embeddings); default round(L/2)")
+    temperature: float = Field(0.1, gt=0.0)
+    symmetric: bool = Field(False, description="also score targets against sources (the reference is one-way)")
+    skip_first_token: bool = Field(False, description="leave the first (BOS) token out of the mean")
+    max_length: int = Field(128, gt=1, description="tokens per sentence")
+    batch_size: int | None = Field(None, gt=1, description="pairs per micro-batch; default: batch_size (>= 2 for negatives)")
+    gather_across_processes: bool = Field(True, description="under data parallelism, the global batch serves as negatives")
+
+
+class OptimizerSettings(StrictModel):
+    learning_rate: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "inverse_sqrt"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+
+class TrainRecipe(StrictModel):
+    model: str | None = Field(None, description="local folder or org/name[@revision]")
+    data: str | None = Field(None, description="task JSONL (train-task)")
+    pairs: str | None = Field(None, description="parallel sentences, JSONL or TSV (train-align, joint train-task)")
+    eval_data: str | None = None
+    eval_pairs: str | None = None
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    align: AlignSettings = Field(default_factory=AlignSettings)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    batch_size: int = Field(8, gt=0, description="examples per micro-batch per process")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    epochs: float = Field(1.0, gt=0.0, description="passes over the main data set (task data; pairs for train-align)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    task_per_align: list[int] = Field(
+        default_factory=lambda: [1, 1],
+        min_length=2,
+        max_length=2,
+        description="joint training: task, align micro-batches per cycle",
+    )
+    max_length: int = Field(512, gt=1, description="tokens per task example")
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainRecipe:
+        if any(count < 0 for count in self.task_per_align) or sum(self.task_per_align) == 0:
+            raise ValueError("task_per_align needs two non-negative counts, not both zero, e.g. [1, 1]")
+        return self
