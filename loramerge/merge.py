@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,20 @@ def check_compatibility(adapters: list[LoraAdapter], recipe: MergeRecipe, proble
                 )
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """One float32 reduction instead of a boolean copy: NaN or Inf anywhere makes the sum non-finite;
+    only a sum that overflows (entries near 1e38) needs the exact elementwise check. On 320 MB of
+    factors (two r=16 Llama-3-8B adapters): isfinite().all() 0.25 s, sum 0.09 s (float64 sum: 0.28 s)."""
+    if torch.isfinite(tensor.sum()):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def read_factors(handle: Any, adapter: LoraAdapter, name: str, problems: ProblemList) -> tuple[torch.Tensor, torch.Tensor]:
     module = adapter.modules[name]
     a, b = handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)
     for key, tensor in ((module.a_key, a), (module.b_key, b)):
-        if not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             problems.add(f"{adapter.weights_path}: tensor {key} contains NaN or Inf values; the adapter is corrupt or diverged")
     return a, b
 
@@ -189,6 +199,16 @@ def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -
     return warnings
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def merge_adapters(
     recipe: MergeRecipe | dict[str, Any],
     out: str | Path,
@@ -210,8 +230,15 @@ def merge_adapters(
     problems = ProblemList()
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, dict[str, Any]] = {}
-    with atomic_directory(out) as staging, ExitStack() as stack:
+    # Factor methods work on out x R matrices with R ~ 32: threads buy nothing, and on a shared 2-core
+    # machine OpenMP workers spin waiting for a busy core. Measured (Llama-3-8B shapes, svd, 2 cores
+    # with another job running): 1 thread 1.5 s, 2 threads 29-95 s; idle: 1.5 s vs 1.2 s.
+    threads = torch.get_num_threads() if METHODS[recipe.method].sparsifies else 1
+    with atomic_directory(out) as staging, ExitStack() as stack, torch_threads(threads):
         handles = [stack.enter_context(safe_open(str(a.weights_path), framework="pt")) for a in adapters]
+        # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
+        # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
+        hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
         for name in names:
             merged, indices, weights = merge_module(name, adapters, handles, recipe, num_layers, problems)
             a_key, b_key = lora_keys(adapters, name)
@@ -228,8 +255,7 @@ def merge_adapters(
         carried = carry_tensors(adapters, handles, problems)
         problems.raise_if_any()
         tensors.update(carried)
-        for adapter in adapters:
-            hash_adapter_files(adapter)
+        list(hashing)  # re-raises a hashing error, if any
         base_model = recipe.base_model or adapters[0].base_model
         config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
         write_adapter(staging, tensors, config)

@@ -57,7 +57,11 @@ class MethodInfo:
 
 def _stack(contributions: list[Contribution]) -> tuple[torch.Tensor, torch.Tensor]:
     """[w_1 s_1 B_1, ..., w_n s_n B_n] and [A_1; ...; A_n]: their product is the exact weighted sum."""
-    b = torch.cat([c.b.float() * (c.weight * c.scale) for c in contributions], dim=1)
+    b = torch.cat([c.b.float() for c in contributions], dim=1)
+    start = 0
+    for c in contributions:  # scale in place: one pass less over B than scaling before the copy
+        b[:, start : start + c.b.shape[1]] *= c.weight * c.scale
+        start += c.b.shape[1]
     a = torch.cat([c.a.float() for c in contributions], dim=0)
     return b, a
 

@@ -52,3 +52,11 @@ def test_cat_folds_weight_and_scale_into_b():
     a, b = torch.ones(2, 3), torch.ones(4, 2)
     merged = METHODS["cat"].function([Contribution(a=a, b=b, scale=0.5, weight=-2.0)], MethodSettings(), torch.Generator())
     assert torch.equal(merged.b @ merged.a, -(b @ a))
+
+
+def test_finiteness_check_survives_an_overflowing_sum():
+    from loramerge.merge import all_finite
+
+    assert all_finite(torch.full((4,), 3e38))  # the sum overflows, the entries are finite
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
