@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from loramerge.errors import ProblemList
 
@@ -251,9 +249,3 @@ def hash_adapter_files(adapter: LoraAdapter) -> None:
     """Record the sha256 of the files that define the adapter (for provenance in the model card)."""
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         adapter.file_sha256[name] = sha256_of_file(adapter.path / name)
-
-
-def write_adapter(folder: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-    """Write a PEFT adapter folder. `format: pt` metadata is what PEFT and transformers expect."""
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,7 +1,9 @@
 """merge_adapters: stream modules from PEFT LoRA adapters, combine them, write one PEFT adapter.
 
-No base model is loaded. Tensors are read one module at a time through safetensors' lazy reader,
-so peak memory is about the size of the output plus one module's inputs.
+No base model is loaded. Tensors are read one module at a time through safetensors' lazy reader.
+When the output ranks are known before the work starts (cat, svd to a fixed rank, linear), each
+module's factors are written to the output file as soon as they are computed, so memory holds one
+module at a time; otherwise (energy targets, sparsifying methods) the outputs are collected first.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -19,20 +21,21 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from loramerge.adapters import KEY_PREFIX, LoraAdapter, hash_adapter_files, load_adapter, write_adapter
-from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, hash_adapter_files
+from loramerge.atomic import atomic_directory
 from loramerge.card import MergedInput, render_merge_card
 from loramerge.errors import ProblemList
 from loramerge.layer_weights import layer_index, module_weight
-from loramerge.lowrank import Truncation
+from loramerge.merge_inputs import carry_tensors, load_and_check, read_factors
 from loramerge.merge_methods import METHODS, Contribution, MethodSettings
 from loramerge.merge_recipe import MergeRecipe
+from loramerge.merge_report import build_report, rank_span, serving_warnings, summarise
 from loramerge.peft_config import merged_config
 from loramerge.recipes import dump_recipe
+from loramerge.safetensors_stream import StreamingWriter, TensorSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-VLLM_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank; larger adapters fail to load there
 REPORT_FILE = "merge_report.json"
 RECIPE_FILE = "recipe.yaml"
 CARD_FILE = "README.md"
@@ -43,6 +46,16 @@ class MergeResult:
     out: Path
     report: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergedModule:
+    name: str
+    a_key: str
+    b_key: str
+    a: torch.Tensor
+    b: torch.Tensor
+    entry: dict[str, Any]  # rank, errors, sources and weights for merge_report.json
 
 
 def natural_key(name: str) -> list[Any]:
@@ -62,55 +75,24 @@ def output_dtype(recipe: MergeRecipe, adapters: list[LoraAdapter]) -> torch.dtyp
     return DTYPES[names.pop()] if len(names) == 1 else torch.float32
 
 
-def check_compatibility(adapters: list[LoraAdapter], recipe: MergeRecipe, problems: ProblemList) -> None:
-    """Everything that makes a set of adapters unmergeable, reported together."""
-    bases = {adapter.base_model for adapter in adapters}
-    if len(bases) > 1 and not recipe.allow_base_mismatch:
-        listing = ", ".join(f"{a.path}: {a.base_model!r}" for a in adapters)
-        problems.add(
-            f"adapters were trained on different base models ({listing}); pass --allow-base-mismatch if they are the same model"
-        )
-    fan_in_fan_out = {bool(adapter.config.get("fan_in_fan_out")) for adapter in adapters}
-    if len(fan_in_fan_out) > 1:
-        problems.add("adapters disagree on fan_in_fan_out; they were made for different layer layouts")
-    seen: dict[str, tuple[LoraAdapter, Any]] = {}
-    for adapter in adapters:
-        for name, module in adapter.modules.items():
-            geometry = (module.in_features, module.out_features, module.embedding)
-            if name in seen and seen[name][1] != geometry:
-                other = seen[name][0]
-                problems.add(
-                    f"module {name}: {other.path} has (in, out)={seen[name][1][:2]} but {adapter.path} has "
-                    f"{geometry[:2]}; the adapters belong to different model shapes"
-                )
-            seen.setdefault(name, (adapter, geometry))
-            if recipe.method == "linear" and module.rank != adapters[0].modules.get(name, module).rank:
-                problems.add(
-                    f"module {name}: method 'linear' needs equal ranks, got {adapters[0].modules[name].rank} and {module.rank}; use 'cat' or 'svd'"
-                )
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """One float32 reduction instead of a boolean copy: NaN or Inf anywhere makes the sum non-finite;
-    only a sum that overflows (entries near 1e38) needs the exact elementwise check. On 320 MB of
-    factors (two r=16 Llama-3-8B adapters): isfinite().all() 0.25 s, sum 0.09 s (float64 sum: 0.28 s)."""
-    if torch.isfinite(tensor.sum()):
-        return True
-    return bool(torch.isfinite(tensor).all())
-
-
-def read_factors(handle: Any, adapter: LoraAdapter, name: str, problems: ProblemList) -> tuple[torch.Tensor, torch.Tensor]:
-    module = adapter.modules[name]
-    a, b = handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)
-    for key, tensor in ((module.a_key, a), (module.b_key, b)):
-        if not all_finite(tensor):
-            problems.add(f"{adapter.weights_path}: tensor {key} contains NaN or Inf values; the adapter is corrupt or diverged")
-    return a, b
+def planned_rank(recipe: MergeRecipe, adapters: list[LoraAdapter], name: str) -> int | None:
+    """The output rank of a module when it is known before merging; None when only the work tells."""
+    modules = [adapter.modules[name] for adapter in adapters if name in adapter.modules]
+    total = sum(module.rank for module in modules)
+    if recipe.method == "cat":
+        return total
+    if recipe.method == "linear":
+        return modules[0].rank
+    if recipe.method == "svd" and recipe.energy is None:
+        # the QR-core SVD has min(out, in, R) singular values
+        available = min(modules[0].out_features, modules[0].in_features, total)
+        return min(recipe.rank if recipe.rank is not None else total, available)
+    return None
 
 
 def merge_module(
     name: str, adapters: list[LoraAdapter], handles: list[Any], recipe: MergeRecipe, num_layers: int, problems: ProblemList
-) -> tuple[Truncation, list[int], list[float]]:
+) -> MergedModule:
     contributions, indices, weights = [], [], []
     for index, (adapter, handle, source) in enumerate(zip(adapters, handles, recipe.sources)):
         if name not in adapter.modules:
@@ -128,75 +110,26 @@ def merge_module(
         majority_sign=recipe.majority_sign,
     )
     generator = torch.Generator().manual_seed(module_seed(recipe.seed, name))
-    return METHODS[recipe.method].function(contributions, settings, generator), indices, weights
-
-
-def carry_tensors(adapters: list[LoraAdapter], handles: list[Any], problems: ProblemList) -> dict[str, torch.Tensor]:
-    """Full tensors (modules_to_save, saved embeddings) pass through as trained; two different ones conflict."""
-    carried: dict[str, tuple[LoraAdapter, torch.Tensor]] = {}
-    for adapter, handle in zip(adapters, handles):
-        for key in adapter.carried:
-            tensor = handle.get_tensor(key)
-            if key in carried and not torch.equal(carried[key][1], tensor):
-                problems.add(
-                    f"{key} differs between {carried[key][0].path} and {adapter.path} (modules_to_save); "
-                    "a sum of full trained modules is not meaningful: remove it from all but one adapter"
-                )
-            carried.setdefault(key, (adapter, tensor))
-    return {key: tensor for key, (_, tensor) in carried.items()}
-
-
-def lora_keys(adapters: list[LoraAdapter], name: str) -> tuple[str, str]:
+    merged = METHODS[recipe.method].function(contributions, settings, generator)
     module = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
-    return module.a_key, module.b_key
-
-
-def load_and_check(recipe: MergeRecipe, out: Path, overwrite: bool) -> list[LoraAdapter]:
-    problems = ProblemList()
-    loaded = [load_adapter(Path(source.path), problems) for source in recipe.sources]
-    adapters = [adapter for adapter in loaded if adapter is not None]
-    if len(adapters) == len(loaded):
-        check_compatibility(adapters, recipe, problems)
-    if any(Path(source.path).resolve() == out.resolve() for source in recipe.sources):
-        problems.add(f"--out {out} is one of the inputs; write the merge to a new folder")
-    if (problem := output_dir_problem(out, overwrite)) is not None:
-        problems.add(problem)
-    problems.raise_if_any()
-    return adapters
-
-
-def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    ranks = [entry["rank"] for entry in modules.values()]
-    errors = [entry["relative_error"] for entry in modules.values()]
-    return {
-        "method": recipe.method,
-        "exact": METHODS[recipe.method].exact,
-        "modules_merged": len(modules),
-        "rank_min": min(ranks),
-        "rank_max": max(ranks),
-        "max_relative_error": max(errors),
-        "modules": modules,
+    entry = {
+        "rank": merged.a.shape[0],
+        "retained_energy": merged.retained_energy,
+        "relative_error": merged.relative_error,
+        "sources": indices,
+        "weights": weights,
     }
+    return MergedModule(name=name, a_key=module.a_key, b_key=module.b_key, a=merged.a, b=merged.b, entry=entry)
 
 
-def summarise(report: dict[str, Any]) -> str:
-    ranks = f"{report['rank_min']}" if report["rank_min"] == report["rank_max"] else f"{report['rank_min']}-{report['rank_max']}"
-    return f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
-
-
-def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:
-    warnings = []
-    if report["rank_max"] > VLLM_MAX_LORA_RANK:
-        warnings.append(
-            f"output rank {report['rank_max']} exceeds {VLLM_MAX_LORA_RANK}, vLLM's default max_lora_rank: serve with "
-            f"--max-lora-rank {report['rank_max']}, or merge with --method svd --rank {VLLM_MAX_LORA_RANK}"
-        )
-    if carried:
-        names = ", ".join(sorted(key[len(KEY_PREFIX) :] for key in carried))
-        warnings.append(
-            f"the output carries full tensors ({names}); vLLM rejects adapters with full lm_head/embed_tokens weights"
-        )
-    return warnings
+def tensor_specs(
+    modules: list[tuple[str, str, str, int, int, int]], carried: dict[str, torch.Tensor], dtype: torch.dtype
+) -> list[TensorSpec]:
+    """(name, a_key, b_key, rank, in, out) per module, in write order, then the carried tensors."""
+    specs = []
+    for _, a_key, b_key, rank, in_features, out_features in modules:
+        specs += [TensorSpec(a_key, dtype, (rank, in_features)), TensorSpec(b_key, dtype, (out_features, rank))]
+    return specs + [TensorSpec(key, tensor.dtype, tuple(tensor.shape)) for key, tensor in carried.items()]
 
 
 @contextmanager
@@ -207,6 +140,27 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def write_weights(
+    path: Path,
+    outputs: Iterable[MergedModule],
+    plan: list[tuple[str, str, str, int, int, int]],
+    carried: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    on_module: Callable[[str], None] | None,
+) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    with StreamingWriter(path, tensor_specs(plan, carried, dtype), {"format": "pt"}) as writer:
+        for output in outputs:
+            writer.write(output.a_key, output.a.to(dtype).contiguous())
+            writer.write(output.b_key, output.b.to(dtype).contiguous())
+            entries[output.name] = output.entry
+            if on_module is not None:
+                on_module(output.name)
+        for key, tensor in carried.items():
+            writer.write(key, tensor)
+    return entries
 
 
 def merge_adapters(
@@ -228,8 +182,6 @@ def merge_adapters(
     num_layers = recipe.num_layers or (max(layers) + 1 if layers else 1)
     dtype = output_dtype(recipe, adapters)
     problems = ProblemList()
-    tensors: dict[str, torch.Tensor] = {}
-    modules: dict[str, dict[str, Any]] = {}
     # Factor methods work on out x R matrices with R ~ 32: threads buy nothing, and on a shared 2-core
     # machine OpenMP workers spin waiting for a busy core. Measured (Llama-3-8B shapes, svd, 2 cores
     # with another job running): 1 thread 1.5 s, 2 threads 29-95 s; idle: 1.5 s vs 1.2 s.
@@ -239,28 +191,21 @@ def merge_adapters(
         # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
         # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
         hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
-        for name in names:
-            merged, indices, weights = merge_module(name, adapters, handles, recipe, num_layers, problems)
-            a_key, b_key = lora_keys(adapters, name)
-            tensors[a_key], tensors[b_key] = merged.a.to(dtype).contiguous(), merged.b.to(dtype).contiguous()
-            modules[name] = {
-                "rank": merged.a.shape[0],
-                "retained_energy": merged.retained_energy,
-                "relative_error": merged.relative_error,
-                "sources": indices,
-                "weights": weights,
-            }
-            if on_module is not None:
-                on_module(name)
         carried = carry_tensors(adapters, handles, problems)
+        outputs: Iterable[MergedModule] = (merge_module(n, adapters, handles, recipe, num_layers, problems) for n in names)
+        ranks = {name: planned_rank(recipe, adapters, name) for name in names}
+        if any(rank is None for rank in ranks.values()):
+            outputs = list(outputs)  # ranks are known only after the work: collect, then write
+            ranks = {output.name: output.entry["rank"] for output in outputs}
+        first = {name: next(a.modules[name] for a in adapters if name in a.modules) for name in names}
+        plan = [(n, first[n].a_key, first[n].b_key, ranks[n], first[n].in_features, first[n].out_features) for n in names]
+        modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
         problems.raise_if_any()
-        tensors.update(carried)
         list(hashing)  # re-raises a hashing error, if any
         base_model = recipe.base_model or adapters[0].base_model
         config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
-        write_adapter(staging, tensors, config)
-        report = build_report(recipe, modules)
-        report["inputs"] = [{"path": str(a.path), "sha256": a.file_sha256} for a in adapters]
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        report = {**build_report(recipe, modules), "inputs": [{"path": str(a.path), "sha256": a.file_sha256} for a in adapters]}
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         recipe_yaml = dump_recipe(recipe)
         (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
@@ -271,8 +216,3 @@ def merge_adapters(
         card = render_merge_card(inputs, recipe.method, summarise(report), recipe_yaml, base_model)
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
     return MergeResult(out=out, report=report, warnings=serving_warnings(report, carried))
-
-
-def rank_span(adapter: LoraAdapter) -> str:
-    ranks = sorted({module.rank for module in adapter.modules.values()})
-    return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"

@@ -55,7 +55,7 @@ def test_cat_folds_weight_and_scale_into_b():
 
 
 def test_finiteness_check_survives_an_overflowing_sum():
-    from loramerge.merge import all_finite
+    from loramerge.merge_inputs import all_finite
 
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows, the entries are finite
     assert not all_finite(torch.tensor([1.0, float("nan")]))
