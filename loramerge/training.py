@@ -212,7 +212,12 @@ def train_adapter(
         raise LoramergeError(f"align.layer {align_layer} must be between 1 and {layers - 1} for a model with {layers} layers")
     peft_model = get_peft_model(model, lora_config(recipe, align_layer if mode == "align" else None))
     if recipe.gradient_checkpointing:
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed gradient_checkpointing_enable; non-reentrant checkpointing lets the
+        # alignment step's early exit unwind through checkpointed blocks
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
     cycle = objective_cycle(recipe, streams)
     steps = total_steps(recipe, streams, cycle)

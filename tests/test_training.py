@@ -208,3 +208,36 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
     for key in expected:
         assert torch.allclose(actual[key], expected[key], atol=1e-5), key
     assert two.stderr.count("adapter written to") == 1  # only the main process reports
+
+
+def test_gradient_checkpointing_with_joint_training(tiny_model_dir, example_data, tmp_path):
+    settings = recipe(
+        "joint",
+        model=str(tiny_model_dir("gemma3")),
+        data=str(example_data["task"]),
+        pairs=str(example_data["pairs"]),
+        gradient_checkpointing=True,
+        max_steps=4,
+    )
+    result = train_adapter(settings, "task", tmp_path / "joint")
+    assert result.out is not None and {"task_loss", "align_loss"} <= set(result.metrics)
+
+
+def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
+    args = [
+        "train-align",
+        "--model",
+        str(tiny_model_dir("qwen2")),
+        "--pairs",
+        str(example_data["pairs"]),
+        "--recipe",
+        TINY.format("align"),
+        "--max-steps",
+        "2",
+    ]
+    result = CliRunner().invoke(app, [*args, "--layer", "1", "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k in adapter_tensors(tmp_path / "one")} == {0}
+    assert "  layer: 1\n" in (tmp_path / "one" / "recipe.yaml").read_text()  # the resolved recipe records the flag
+    too_deep = CliRunner().invoke(app, [*args, "--layer", "4", "--out", str(tmp_path / "deep")])
+    assert too_deep.exit_code == 2 and "between 1 and 3" in too_deep.stderr
