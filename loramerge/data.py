@@ -421,6 +421,13 @@ def collate_task(examples: list[TokenizedTask], pad_id: int) -> dict[str, torch.
     }
 
 
+def collate_sentences(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of raw sentences, right-padded to the longest row."""
+    if not rows:
+        raise ValueError("collate_sentences needs at least one row")
+    return {"input_ids": _pad(rows, pad_id), "attention_mask": _attention_mask(rows)}
+
+
 def collate_pairs(sources: list[list[int]], targets: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """One batch of 2B rows, so a single forward pass encodes both sides of B pairs.
 
@@ -429,5 +436,4 @@ def collate_pairs(sources: list[list[int]], targets: list[list[int]], pad_id: in
     """
     if not sources or len(sources) != len(targets):
         raise ValueError(f"collate_pairs needs as many targets as sources, at least one (got {len(sources)} and {len(targets)})")
-    rows = [*sources, *targets]
-    return {"input_ids": _pad(rows, pad_id), "attention_mask": _attention_mask(rows)}
+    return collate_sentences([*sources, *targets], pad_id)

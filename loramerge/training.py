@@ -273,6 +273,15 @@ def train_adapter(
     return TrainResult(out=out, run_dir=run_dir, state=state, metrics=final_metrics, is_main=accelerator.is_main_process)
 
 
+def shutdown_distributed() -> None:
+    """End a torchrun/accelerate-launch worker cleanly: without a final barrier, gloo can abort a worker
+    (SIGABRT) whose peer has already torn the group down."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        distributed.barrier()
+        distributed.destroy_process_group()
+
+
 def hyperparameters(recipe: TrainRecipe, align_layer: int | None, steps: int, processes: int) -> dict[str, str]:
     values: dict[str, Any] = {
         "LoRA r / alpha / dropout": f"{recipe.lora.r} / {recipe.lora.alpha:g} / {recipe.lora.dropout:g}",

