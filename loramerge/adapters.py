@@ -8,7 +8,6 @@ number of modules.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -20,6 +19,7 @@ from typing import Any
 from safetensors import safe_open
 
 from loramerge.errors import ProblemList
+from loramerge.hashing import sha256_of_file
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -38,7 +38,6 @@ UNSUPPORTED_KEY_MARKERS: dict[str, str] = {
     "lora_B.bias": "LoRA bias terms (lora_bias)",
     "token_adapter": "trainable token deltas (trainable_token_indices)",
 }
-HASH_CHUNK_BYTES = 1 << 20
 
 
 def pattern_value(patterns: Mapping[str, Any], module_name: str, default: Any) -> Any:
@@ -52,14 +51,6 @@ def pattern_value(patterns: Mapping[str, Any], module_name: str, default: Any) -
 def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     """PEFT's scaling: alpha / r, or alpha / sqrt(r) for rank-stabilised LoRA."""
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

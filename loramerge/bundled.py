@@ -12,7 +12,6 @@ because the weights are the dequantized 4-bit GGUF, not the Hub checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from loramerge.errors import LoramergeError
+from loramerge.hashing import sha256_of_file
 
 PREFIX = "bundled:"
 METADATA_FILE = "loramerge-bundled.json"  # written last into the staging folder: a cache folder without it is not ours
@@ -145,21 +145,13 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def gguf_sha256(model: BundledModel) -> str:
     """The cache key. The parts package states its assembled file's sha256 (and assemble() checks it), so
     gemma needs no 250 MB assembly just to find its cache; smollm2's 98 MB file hashes in ~0.2 s."""
     require_installed(model)
     if model.layout == "parts":
         return str(importlib.import_module(model.module).EXPECTED_SHA256)
-    return sha256_file(package_dir(model.module) / model.gguf_name)
+    return sha256_of_file(package_dir(model.module) / model.gguf_name)
 
 
 @contextmanager

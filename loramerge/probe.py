@@ -58,6 +58,13 @@ def sentence_table(
     return SentenceTable(groups=list(groups), texts=texts)
 
 
+def decoder_backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder without its LM head (LoRA layers included): Gemma-3's head is 262k x 640, and
+    the probe needs only hidden states."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return core.get_decoder() if hasattr(core, "get_decoder") else model
+
+
 @torch.no_grad()
 def layer_vectors(
     model: PreTrainedModel,
@@ -74,11 +81,14 @@ def layer_vectors(
     pooled: list[torch.Tensor] = [torch.empty(0)] * len(tokenized)
     device = next(model.parameters()).device
     model.eval()
+    backbone = decoder_backbone(model)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         batch = collate_sentences([tokenized[i] for i in indices], tokenizer.pad_token_id)
         mask = batch["attention_mask"].to(device)
-        output = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True, use_cache=False)
+        output = backbone(
+            input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
         stacked = torch.stack([mean_pool(hidden, mask, skip_first) for hidden in output.hidden_states], dim=1).cpu()
         for row, index in enumerate(indices):
             pooled[index] = stacked[row]

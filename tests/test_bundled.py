@@ -19,6 +19,7 @@ from loramerge import bundled
 from loramerge.bundled import MODELS, BundledModel, ensure_converted
 from loramerge.cli import app
 from loramerge.errors import LoramergeError
+from loramerge.hashing import sha256_of_file
 from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec
 
 runner = CliRunner()
@@ -94,7 +95,7 @@ def test_cache_folder_is_keyed_by_sha256_and_converted_once(fake_model, tmp_path
         write_config(gguf, out)
 
     folder = ensure_converted(fake_model, root=root, convert=convert, notify=quiet)
-    sha = bundled.sha256_file(Path(importlib.util.find_spec("loramerge_fake_bundle").origin).parent / "tiny.gguf")
+    sha = sha256_of_file(Path(importlib.util.find_spec("loramerge_fake_bundle").origin).parent / "tiny.gguf")
     assert folder == root / "bundled" / f"fake-{sha[:16]}"
     info = json.loads((folder / bundled.METADATA_FILE).read_text())
     assert info["gguf_sha256"] == sha and info["spec"] == "bundled:fake" and info["dtype"] == "float32"
