@@ -29,14 +29,9 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace a no
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 
 
-def parse_layer(layer: str | None) -> int | None:
-    if layer is None:
-        return None
-    if layer == "auto":
-        raise LoramergeError(
-            "--layer auto picks the layer with the retrieval probe on a dev split, which this version does not include yet; "
-            "pass a number (hidden_states index; the default is round(L/2))"
-        )
+def parse_layer(layer: str | None) -> int | str | None:
+    if layer is None or layer == "auto":
+        return layer
     if not layer.isdigit():
         raise LoramergeError(f"--layer {layer!r}: expected a layer number or 'auto'")
     return int(layer)
@@ -75,7 +70,10 @@ def train_align(
     out: OutOption,
     model: ModelOption = None,
     pairs: PairsOption = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="hidden_states index k to align (default round(L/2)).")] = None,
+    layer: Annotated[
+        Optional[str],
+        typer.Option("--layer", help="hidden_states index k to align (default round(L/2)); 'auto' picks the best on eval_pairs."),
+    ] = None,
     recipe: RecipeOption = None,
     overrides: OverridesOption = None,
     max_steps: StepsOption = None,

@@ -114,3 +114,17 @@ def score_layers(table: SentenceTable, vectors: dict[str, torch.Tensor], layers:
         averages = {score: sum(d[score] for d in directions.values()) / len(directions) for score in ("cosine", "margin")}
         result["layers"][str(layer)] = {"average": averages, "directions": directions}
     return result
+
+
+def best_layer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[SentencePair], skip_first: bool, limit: int = 200
+) -> tuple[int, dict[str, object]]:
+    """The block output (1..L-1) where translations retrieve each other best on average (margin):
+    `--layer auto`. Layer L is left out: its states feed only the LM head."""
+    table = sentence_table(pairs, limit=limit)
+    texts = {lang: [groups[g] for g in sorted(groups)] for lang, groups in table.texts.items()}
+    vectors = {lang: layer_vectors(model, tokenizer, sentences, skip_first) for lang, sentences in texts.items()}
+    count = next(iter(vectors.values())).shape[0] - 1
+    scores = score_layers(table, vectors, range(1, count))
+    accuracy = {int(layer): entry["average"]["margin"] for layer, entry in scores["layers"].items()}
+    return max(accuracy, key=lambda layer: (accuracy[layer], -layer)), scores

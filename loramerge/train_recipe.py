@@ -22,7 +22,9 @@ class LoraSettings(StrictModel):
 
 
 class AlignSettings(StrictModel):
-    layer: int | None = Field(None, ge=1, description="hidden_states index k (0 = embeddings); default round(L/2)")
+    layer: int | Literal["auto"] | None = Field(
+        None, description="hidden_states index k >= 1; default round(L/2); 'auto': best retrieval on eval_pairs"
+    )
     temperature: float = Field(0.1, gt=0.0)
     symmetric: bool = Field(False, description="also score targets against sources (the reference is one-way)")
     # Measured with `loramerge probe` on gettext pairs in 7 languages (BENCHMARKS.md, pooling): leaving the

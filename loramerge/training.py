@@ -40,6 +40,7 @@ from loramerge.evaluation_loss import batches, make_evaluator
 from loramerge.layer_exit import default_layer, num_decoder_layers
 from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec
 from loramerge.objectives import ALIGN, TASK, ObjectiveModel
+from loramerge.probe import best_layer
 from loramerge.recipes import dump_recipe
 from loramerge.train_log import MetricsLog
 from loramerge.train_loop import LoopSettings, LoopState, StepCallback, run_loop
@@ -176,6 +177,24 @@ def total_steps(recipe: TrainRecipe, streams: dict[str, BatchStream], cycle: lis
     return max(1, math.ceil(micro_batches / recipe.grad_accum))
 
 
+def choose_layer(recipe: TrainRecipe, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, layers: int) -> int:
+    """The alignment layer: as given, round(L/2), or (auto) the best retrieval layer on eval_pairs.
+
+    The choice is written back into the recipe, so recipe.yaml and the card record the number used.
+    """
+    if recipe.align.layer == "auto":
+        if recipe.eval_pairs is None:
+            raise LoramergeError(
+                "--layer auto picks the layer with the best retrieval on a dev split: set eval_pairs "
+                "(e.g. --set eval_pairs=pairs-dev.jsonl from 'loramerge data gettext')"
+            )
+        chosen, _ = best_layer(model, tokenizer, read_pairs_file(Path(recipe.eval_pairs)), recipe.align.skip_first_token)
+        recipe.align.layer = chosen
+    elif recipe.align.layer is None:
+        recipe.align.layer = default_layer(layers)
+    return recipe.align.layer
+
+
 def make_accelerator(recipe: TrainRecipe, joint: bool) -> Accelerator:
     # Joint training leaves the LoRA above layer k without gradient in alignment steps; DDP must be told.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=joint)]
@@ -207,7 +226,7 @@ def train_adapter(
     eval_task, eval_pairs = eval_batches(recipe, tokenizer, TASK in streams, ALIGN in streams)
     model = load_causal_lm(source)
     layers = num_decoder_layers(model)
-    align_layer = (default_layer(layers) if recipe.align.layer is None else recipe.align.layer) if ALIGN in streams else None
+    align_layer = choose_layer(recipe, model, tokenizer, layers) if ALIGN in streams else None
     if align_layer is not None and not 1 <= align_layer < layers:
         raise LoramergeError(f"align.layer {align_layer} must be between 1 and {layers - 1} for a model with {layers} layers")
     peft_model = get_peft_model(model, lora_config(recipe, align_layer if mode == "align" else None))

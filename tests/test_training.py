@@ -241,3 +241,18 @@ def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
     assert "  layer: 1\n" in (tmp_path / "one" / "recipe.yaml").read_text()  # the resolved recipe records the flag
     too_deep = CliRunner().invoke(app, [*args, "--layer", "4", "--out", str(tmp_path / "deep")])
     assert too_deep.exit_code == 2 and "between 1 and 3" in too_deep.stderr
+
+
+def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_data, tmp_path):
+    args = ["train-align", "--model", str(tiny_model_dir("llama")), "--pairs", str(example_data["pairs"]),
+            "--recipe", TINY.format("align"), "--max-steps", "2", "--layer", "auto"]
+    missing = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-dev")])
+    assert missing.exit_code == 2 and "eval_pairs" in missing.stderr
+    result = CliRunner().invoke(app, [*args, "--set", f"eval_pairs={example_data['dev_pairs']}", "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    chosen = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())["align"]["layer"]
+    assert isinstance(chosen, int) and 1 <= chosen <= 3
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter_tensors(tmp_path / "auto")}
+    assert layers == set(range(chosen))
