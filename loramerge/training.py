@@ -73,9 +73,14 @@ def check_inputs(recipe: TrainRecipe, mode: Mode, out: Path, overwrite: bool, re
         problems.add("train-task needs task data: pass --data FILE (JSONL)")
     if (problem := output_dir_problem(out, overwrite)) is not None:
         problems.add(problem)
-    if resume and latest_checkpoint(run_dir_for(out) / "checkpoints") is None:
-        problems.add(f"--resume: no checkpoint in {run_dir_for(out) / 'checkpoints'}; start without --resume")
+    run_dir = run_dir_for(out)
+    if resume and latest_checkpoint(run_dir / "checkpoints") is None:
+        problems.add(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
+    if not resume and run_dir.exists() and not overwrite:
+        problems.add(f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start over")
     problems.raise_if_any()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints and metrics would mix with the new
 
 
 def language_rows(records: list[TaskRecord] | None, pairs: list[SentencePair] | None) -> list[tuple[str, str, int]]:

@@ -106,3 +106,27 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, rows in files.items():
         (root / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return {name: root / f"{name}.jsonl" for name in files}
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh cache with bundled SmolLM2-135M converted once (~20 s); LORAMERGE_CACHE points there while
+    tests use it. Tests that need it share the xdist group "smollm2", so one worker converts once."""
+    import os
+
+    from loramerge import bundled
+
+    model = bundled.MODELS["smollm2-135m"]
+    if bundled.missing_modules(model):
+        pytest.fail(f"{model.package} is not installed: run the README's test set-up ({model.install})")
+    root = tmp_path_factory.mktemp("bundled-cache")
+    previous = os.environ.get("LORAMERGE_CACHE")
+    os.environ["LORAMERGE_CACHE"] = str(root)
+    try:
+        bundled.load_model_dir("bundled:smollm2-135m")
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("LORAMERGE_CACHE", None)
+        else:
+            os.environ["LORAMERGE_CACHE"] = previous

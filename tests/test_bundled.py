@@ -228,7 +228,8 @@ def require(model: BundledModel) -> None:
 
 
 def check_real_model(model: BundledModel, sentence: str, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-    """Convert into a fresh cache, load through the --model path, run a forward pass, and check what PEFT records."""
+    """Convert into the cache `root` (or find it converted), load through the --model path, run a forward pass,
+    and check what PEFT records."""
     from peft import LoraConfig, get_peft_model
 
     require(model)
@@ -252,8 +253,9 @@ def check_real_model(model: BundledModel, sentence: str, monkeypatch: pytest.Mon
     assert not (folder / "config.json").read_text().count("quantization_config")
 
 
-def test_smollm2_converts_loads_and_runs(monkeypatch, tmp_path):
-    check_real_model(SMOLLM2, "The file could not be opened because the disk is full.", monkeypatch, tmp_path / "cache")
+@pytest.mark.xdist_group("smollm2")
+def test_smollm2_converts_loads_and_runs(monkeypatch, smollm2_cache):
+    check_real_model(SMOLLM2, "The file could not be opened because the disk is full.", monkeypatch, smollm2_cache)
 
 
 @pytest.mark.slow  # about 60 s of conversion and 3.3 GB of memory: run with -m slow

@@ -244,8 +244,19 @@ def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
 
 
 def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_data, tmp_path):
-    args = ["train-align", "--model", str(tiny_model_dir("llama")), "--pairs", str(example_data["pairs"]),
-            "--recipe", TINY.format("align"), "--max-steps", "2", "--layer", "auto"]
+    args = [
+        "train-align",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--pairs",
+        str(example_data["pairs"]),
+        "--recipe",
+        TINY.format("align"),
+        "--max-steps",
+        "2",
+        "--layer",
+        "auto",
+    ]
     missing = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-dev")])
     assert missing.exit_code == 2 and "eval_pairs" in missing.stderr
     result = CliRunner().invoke(app, [*args, "--set", f"eval_pairs={example_data['dev_pairs']}", "--out", str(tmp_path / "auto")])
@@ -256,3 +267,26 @@ def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_d
     assert isinstance(chosen, int) and 1 <= chosen <= 3
     layers = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter_tensors(tmp_path / "auto")}
     assert layers == set(range(chosen))
+
+
+def test_an_unfinished_run_is_not_silently_mixed_into_a_new_one(tiny_model_dir, example_data, tmp_path):
+    out = tmp_path / "align"
+    (tmp_path / "align.run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "align.run" / "metrics.jsonl").write_text('{"step": 99}\n')
+    args = [
+        "train-align",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--pairs",
+        str(example_data["pairs"]),
+        "--recipe",
+        TINY.format("align"),
+        "--max-steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
