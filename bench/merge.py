@@ -35,14 +35,24 @@ PREFIX = "base_model.model."
 MB = 2**20
 # Llama-3-8B: leaf name -> (parent block, in_features, out_features).
 LLAMA3_8B = {
-    "q_proj": ("self_attn", 4096, 4096), "k_proj": ("self_attn", 4096, 1024), "v_proj": ("self_attn", 4096, 1024),
-    "o_proj": ("self_attn", 4096, 4096), "gate_proj": ("mlp", 4096, 14336), "up_proj": ("mlp", 4096, 14336),
+    "q_proj": ("self_attn", 4096, 4096),
+    "k_proj": ("self_attn", 4096, 1024),
+    "v_proj": ("self_attn", 4096, 1024),
+    "o_proj": ("self_attn", 4096, 4096),
+    "gate_proj": ("mlp", 4096, 14336),
+    "up_proj": ("mlp", 4096, 14336),
     "down_proj": ("mlp", 14336, 4096),
 }
 # TinyLlama-1.1B's widths. PEFT's svd runs a dense full SVD per module (15-30 s per layer at these widths on
 # 2 cores), so 4 layers x 3 repeats keep the whole benchmark under 10 minutes.
-PEFT_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 4, "num_attention_heads": 32,
-              "num_key_value_heads": 4, "vocab_size": 1000}
+PEFT_SHAPE = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 1000,
+}
 QUICK_PEFT_SHAPE = {**PEFT_SHAPE, "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 2}
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module -> (B, A, scale)
 
@@ -55,8 +65,9 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key median over repeats; non-numeric fields (identical across repeats) come from the first run."""
-    return {key: statistics.median(run[key] for run in runs) if isinstance(value, float) else value
-            for key, value in runs[0].items()}
+    return {
+        key: statistics.median(run[key] for run in runs) if isinstance(value, float) else value for key, value in runs[0].items()
+    }
 
 
 def folder_mb(folder: Path) -> float:
@@ -74,10 +85,21 @@ def synthetic_adapter(folder: Path, layers: int, seed: int) -> None:
             tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, RANK, generator=generator) / RANK**0.5
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": 32, "target_modules": sorted(LLAMA3_8B),
-              "base_model_name_or_path": "meta-llama/Meta-Llama-3-8B", "rank_pattern": {}, "alpha_pattern": {},
-              "use_rslora": False, "use_dora": False, "lora_bias": False, "fan_in_fan_out": False,
-              "modules_to_save": None, "task_type": "CAUSAL_LM"}
+    config = {
+        "peft_type": "LORA",
+        "r": RANK,
+        "lora_alpha": 32,
+        "target_modules": sorted(LLAMA3_8B),
+        "base_model_name_or_path": "meta-llama/Meta-Llama-3-8B",
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": False,
+        "use_dora": False,
+        "lora_bias": False,
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "task_type": "CAUSAL_LM",
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -106,8 +128,17 @@ def child(spec: dict[str, Any]) -> None:
     else:
         seconds, result = timed(lambda: merge_adapters(spec["recipe"], spec["out"]))
         report = {"rank": result.report["rank_max"], "reported_max_error": result.report["max_relative_error"]}
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "import_rss_mb": import_rss / MB,
-                      "load_1min": os.getloadavg()[0], **report}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak_rss_mb(),
+                "import_rss_mb": import_rss / MB,
+                "load_1min": os.getloadavg()[0],
+                **report,
+            }
+        )
+    )
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +151,11 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe(adapters: list[Path], method: str) -> dict[str, Any]:
-    return {"sources": [{"path": str(path), "weight": weight} for path, weight in zip(adapters, WEIGHTS)],
-            "method": method, "rank": RANK if method == "svd" else None}
+    return {
+        "sources": [{"path": str(path), "weight": weight} for path, weight in zip(adapters, WEIGHTS)],
+        "method": method,
+        "rank": RANK if method == "svd" else None,
+    }
 
 
 def bench_llama8b(layers: int, repeats: int) -> dict[str, Any]:
@@ -129,8 +163,14 @@ def bench_llama8b(layers: int, repeats: int) -> dict[str, Any]:
     adapters = [root / "a1", root / "a2"]
     for seed, folder in enumerate(adapters):
         synthetic_adapter(folder, layers, seed)
-    specs: dict[str, dict[str, Any]] = {m: {"kind": "merge", "recipe": recipe(adapters, m), "out": str(root / m)} for m in ("svd", "cat")}
-    specs["io_floor"] = {"kind": "floor", "inputs": [str(a / "adapter_model.safetensors") for a in adapters], "out": str(root / "floor")}
+    specs: dict[str, dict[str, Any]] = {
+        m: {"kind": "merge", "recipe": recipe(adapters, m), "out": str(root / m)} for m in ("svd", "cat")
+    }
+    specs["io_floor"] = {
+        "kind": "floor",
+        "inputs": [str(a / "adapter_model.safetensors") for a in adapters],
+        "out": str(root / "floor"),
+    }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in specs}
     for _ in range(repeats):
         for name, spec in specs.items():  # interleaved, so a background load hits all three alike
@@ -161,9 +201,15 @@ def peft_inputs(shape: dict[str, int], root: Path) -> tuple[Path, list[Path]]:
 
 def peft_factors(model: Any, adapter: str) -> Factors:
     """A merged adapter's factors as PEFT holds them, keyed like loramerge's module names."""
-    return {name.removeprefix(PREFIX): (module.lora_B[adapter].weight.detach().clone(),
-                                        module.lora_A[adapter].weight.detach().clone(), float(module.scaling[adapter]))
-            for name, module in model.named_modules() if hasattr(module, "lora_A") and adapter in module.lora_A}
+    return {
+        name.removeprefix(PREFIX): (
+            module.lora_B[adapter].weight.detach().clone(),
+            module.lora_A[adapter].weight.detach().clone(),
+            float(module.scaling[adapter]),
+        )
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and adapter in module.lora_A
+    }
 
 
 def peft_merge(model: Any, combination: str, save_dir: Path) -> tuple[dict[str, float], Factors]:
@@ -196,21 +242,25 @@ def file_factors(folder: Path) -> Factors:
         raise ValueError(f"{folder}: per-module scales are not expected in this benchmark")
     scale = config["lora_alpha"] / config["r"]
     tensors = load_file(str(folder / "adapter_model.safetensors"))
-    names = [key[len(PREFIX):-len(".lora_A.weight")] for key in tensors if key.endswith(".lora_A.weight")]
+    names = [key[len(PREFIX) : -len(".lora_A.weight")] for key in tensors if key.endswith(".lora_A.weight")]
     return {n: (tensors[f"{PREFIX}{n}.lora_B.weight"], tensors[f"{PREFIX}{n}.lora_A.weight"], scale) for n in names}
 
 
 def exact_updates(inputs: list[Factors]) -> dict[str, torch.Tensor]:
     """sum_i w_i s_i B_i A_i per module, dense float64: the reference every output is measured against."""
-    return {name: sum(w * s * (b.double() @ a.double()) for w, (b, a, s) in zip(WEIGHTS, (f[name] for f in inputs)))
-            for name in inputs[0]}
+    return {
+        name: sum(w * s * (b.double() @ a.double()) for w, (b, a, s) in zip(WEIGHTS, (f[name] for f in inputs)))
+        for name in inputs[0]
+    }
 
 
 def relative_errors(factors: Factors, exact: dict[str, torch.Tensor]) -> dict[str, float]:
     if set(factors) != set(exact):
         raise ValueError(f"output covers {len(factors)} modules, the inputs {len(exact)}")
-    return {name: float(torch.linalg.norm(s * (b.double() @ a.double()) - exact[name]) / torch.linalg.norm(exact[name]))
-            for name, (b, a, s) in factors.items()}
+    return {
+        name: float(torch.linalg.norm(s * (b.double() @ a.double()) - exact[name]) / torch.linalg.norm(exact[name]))
+        for name, (b, a, s) in factors.items()
+    }
 
 
 def eckart_young(exact: torch.Tensor) -> float:
@@ -224,8 +274,14 @@ def accuracy(adapters: list[Path], outputs: dict[str, Factors], modules: list[st
     errors = {label: relative_errors(factors, exact) for label, factors in outputs.items()}
     result: dict[str, Any] = {"max_relative_error": {label: max(e.values()) for label, e in errors.items()}}
     result["rank"] = {label: max(b.shape[1] for b, _, _ in factors.values()) for label, factors in outputs.items()}
-    result["eckart_young"] = {name: {"optimum": eckart_young(exact[name]), "loramerge_svd": errors["loramerge_svd"][name],
-                                     "peft_svd": errors["peft_svd"][name]} for name in modules}
+    result["eckart_young"] = {
+        name: {
+            "optimum": eckart_young(exact[name]),
+            "loramerge_svd": errors["loramerge_svd"][name],
+            "peft_svd": errors["peft_svd"][name],
+        }
+        for name in modules
+    }
     return result
 
 
@@ -262,20 +318,32 @@ def meta(quick: bool, repeats: int) -> dict[str, Any]:
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "status", "--porcelain", "loramerge"], capture_output=True, text=True).stdout.split()[1::2]
     cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    return {"command": ".venv/bin/python bench/merge.py" + (" --quick" if quick else ""), "repeats": repeats,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": psutil.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "peft": peft.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "git_head": head, "loramerge_uncommitted": dirty, "load_1min_at_start": os.getloadavg()[0]}
+    return {
+        "command": ".venv/bin/python bench/merge.py" + (" --quick" if quick else ""),
+        "repeats": repeats,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": psutil.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "peft": peft.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "git_head": head,
+        "loramerge_uncommitted": dirty,
+        "load_1min_at_start": os.getloadavg()[0],
+    }
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     llama, compare = results["llama3_8b"], results["peft"]
-    checks = [("loramerge svd, Llama-3-8B shapes, <= 5 s (call)", llama["svd"]["seconds"], 5.0, 1),
-              ("loramerge svd peak RSS <= 1 GB (MB)", llama["svd"]["peak_rss_mb"], 1024.0, 1),
-              ("loramerge cat <= 2x I/O floor (call-time ratio)", llama["cat_over_floor"], 2.0, 1),
-              ("loramerge svd >= 100x faster than PEFT svd, add_weighted_adapter alone", compare["speedup_svd_awa"], 100.0, -1),
-              ("loramerge svd >= 100x faster than PEFT svd, end to end", compare["speedup_svd_end_to_end"], 100.0, -1)]
+    checks = [
+        ("loramerge svd, Llama-3-8B shapes, <= 5 s (call)", llama["svd"]["seconds"], 5.0, 1),
+        ("loramerge svd peak RSS <= 1 GB (MB)", llama["svd"]["peak_rss_mb"], 1024.0, 1),
+        ("loramerge cat <= 2x I/O floor (call-time ratio)", llama["cat_over_floor"], 2.0, 1),
+        ("loramerge svd >= 100x faster than PEFT svd, add_weighted_adapter alone", compare["speedup_svd_awa"], 100.0, -1),
+        ("loramerge svd >= 100x faster than PEFT svd, end to end", compare["speedup_svd_end_to_end"], 100.0, -1),
+    ]
     # sign 1: value must stay at or below the bound; -1: at or above it
     return [{"target": name, "value": value, "reached": sign * value <= sign * bound} for name, value, bound, sign in checks]
 
@@ -287,29 +355,72 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     llama, compare, acc = results["llama3_8b"], results["peft"], results["peft"]["accuracy"]
     peft_times, ours = compare["peft"], compare["loramerge"]
-    lines = [f"Llama-3-8B shapes: {llama['layers']} layers, {llama['modules']} modules, 2 adapters r={RANK} fp32, "
-             f"{llama['input_mb']:.0f} MB of input; median of {results['meta']['repeats']}, each in a fresh process.", ""]
+    lines = [
+        f"Llama-3-8B shapes: {llama['layers']} layers, {llama['modules']} modules, 2 adapters r={RANK} fp32, "
+        f"{llama['input_mb']:.0f} MB of input; median of {results['meta']['repeats']}, each in a fresh process.",
+        "",
+    ]
     if "--quick" in results["meta"]["command"]:
         lines[:0] = ["**--quick smoke test: shapes too small for the targets below to mean anything.**", ""]
-    lines += table(["job", "call s", "process s", "peak RSS MB", "RSS after imports MB", "output MB", "load avg"],
-                   [[name, f"{run['seconds']:.2f}", f"{run['process_seconds']:.2f}", f"{run['peak_rss_mb']:.0f}",
-                     f"{run['import_rss_mb']:.0f}", f"{run['output_mb']:.0f}", f"{run['load_1min']:.1f}"]
-                    for name, run in ((name, llama[name]) for name in ("svd", "cat", "io_floor"))])
-    lines += [f"cat / I/O floor: {llama['cat_over_floor']:.2f} (call), "
-              f"{llama['cat']['process_seconds'] / llama['io_floor']['process_seconds']:.2f} (process)", "",
-              f"PEFT comparison, random LlamaForCausalLM {compare['shape']}; PEFT load base "
-              f"{peft_times['load_base']:.2f} s, load 2 adapters {peft_times['load_adapters']:.2f} s.", ""]
-    lines += table(["method", "PEFT add_weighted_adapter s", "PEFT end to end s", "loramerge call s", "speedup (awa)",
-                    "speedup (end to end)"],
-                   [[m, f"{peft_times[f'awa_{m}']:.3f}", f"{peft_times[f'end_to_end_{m}']:.3f}", f"{ours[m]['seconds']:.3f}",
-                     f"{compare[f'speedup_{m}_awa']:.1f}x", f"{compare[f'speedup_{m}_end_to_end']:.1f}x"] for m in ("cat", "svd")])
-    lines += table(["output", "rank", "max relative error vs exact weighted sum"],
-                   [[label, str(acc["rank"][label]), f"{error:.2e}"] for label, error in acc["max_relative_error"].items()])
-    lines += table(["module (rank 16)", "Eckart-Young optimum", "loramerge svd", "PEFT svd"],
-                   [[name, *(f"{row[k]:.6f}" for k in ("optimum", "loramerge_svd", "peft_svd"))]
-                    for name, row in acc["eckart_young"].items()])
-    lines += table(["target", "value", "reached"], [[t["target"], f"{t['value']:.2f}", "reached" if t["reached"] else "NOT reached"]
-                                                     for t in results["targets"]])
+    lines += table(
+        ["job", "call s", "process s", "peak RSS MB", "RSS after imports MB", "output MB", "load avg"],
+        [
+            [
+                name,
+                f"{run['seconds']:.2f}",
+                f"{run['process_seconds']:.2f}",
+                f"{run['peak_rss_mb']:.0f}",
+                f"{run['import_rss_mb']:.0f}",
+                f"{run['output_mb']:.0f}",
+                f"{run['load_1min']:.1f}",
+            ]
+            for name, run in ((name, llama[name]) for name in ("svd", "cat", "io_floor"))
+        ],
+    )
+    lines += [
+        f"cat / I/O floor: {llama['cat_over_floor']:.2f} (call), "
+        f"{llama['cat']['process_seconds'] / llama['io_floor']['process_seconds']:.2f} (process)",
+        "",
+        f"PEFT comparison, random LlamaForCausalLM {compare['shape']}; PEFT load base "
+        f"{peft_times['load_base']:.2f} s, load 2 adapters {peft_times['load_adapters']:.2f} s.",
+        "",
+    ]
+    lines += table(
+        [
+            "method",
+            "PEFT add_weighted_adapter s",
+            "PEFT end to end s",
+            "loramerge call s",
+            "speedup (awa)",
+            "speedup (end to end)",
+        ],
+        [
+            [
+                m,
+                f"{peft_times[f'awa_{m}']:.3f}",
+                f"{peft_times[f'end_to_end_{m}']:.3f}",
+                f"{ours[m]['seconds']:.3f}",
+                f"{compare[f'speedup_{m}_awa']:.1f}x",
+                f"{compare[f'speedup_{m}_end_to_end']:.1f}x",
+            ]
+            for m in ("cat", "svd")
+        ],
+    )
+    lines += table(
+        ["output", "rank", "max relative error vs exact weighted sum"],
+        [[label, str(acc["rank"][label]), f"{error:.2e}"] for label, error in acc["max_relative_error"].items()],
+    )
+    lines += table(
+        ["module (rank 16)", "Eckart-Young optimum", "loramerge svd", "PEFT svd"],
+        [
+            [name, *(f"{row[k]:.6f}" for k in ("optimum", "loramerge_svd", "peft_svd"))]
+            for name, row in acc["eckart_young"].items()
+        ],
+    )
+    lines += table(
+        ["target", "value", "reached"],
+        [[t["target"], f"{t['value']:.2f}", "reached" if t["reached"] else "NOT reached"] for t in results["targets"]],
+    )
     return "\n".join(lines)
 
 

@@ -56,10 +56,22 @@ from loramerge.training import train_adapter
 OUT = Path(__file__).resolve().parent / "out"
 # ~23 M parameters: big enough that matrix products, not Python overhead, dominate a step (as in real
 # fine-tuning), small enough for one 8-row x 128-token step to take ~1 s on 2 cores.
-SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
-         "num_key_value_heads": 4, "max_position_embeddings": 256}
-QUICK_SHAPE = {**SHAPE, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4, "num_attention_heads": 4,
-               "num_key_value_heads": 2}
+SHAPE = {
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+}
+QUICK_SHAPE = {
+    **SHAPE,
+    "hidden_size": 128,
+    "intermediate_size": 344,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 LORA = {"r": 8, "alpha": 16.0, "dropout": 0.1}  # the paper's LoRA, on all 7 linear projections
 LEARNING_RATE = 5e-4
 WARMUP_LR_STEPS = 2  # linear schedule: 2 warm-up steps, then linear decay to 0, on both sides
@@ -91,13 +103,33 @@ def full_setup(root: Path) -> Setup:
     # A step of 8 x 128 tokens takes ~1.1 s on 2 idle cores and 1.8-3.5 s on the loaded machine: 20 steps
     # with 4 dropped give 16 timed step pairs a round, and 3 rounds x 2 sides x 20 steps take 2.5 minutes
     # idle. 256 records = 32 batches of 8, so neither side crosses an epoch boundary.
-    return Setup(root / "model", root / "task.jsonl", SHAPE, batch_size=8, steps=20, warmup_steps=4, rounds=3,
-                 records=256, pairs=4, step_repeats=7)
+    return Setup(
+        root / "model",
+        root / "task.jsonl",
+        SHAPE,
+        batch_size=8,
+        steps=20,
+        warmup_steps=4,
+        rounds=3,
+        records=256,
+        pairs=4,
+        step_repeats=7,
+    )
 
 
 def quick_setup(root: Path) -> Setup:
-    return Setup(root / "model", root / "task.jsonl", QUICK_SHAPE, batch_size=4, steps=8, warmup_steps=2, rounds=1,
-                 records=64, pairs=2, step_repeats=3)
+    return Setup(
+        root / "model",
+        root / "task.jsonl",
+        QUICK_SHAPE,
+        batch_size=4,
+        steps=8,
+        warmup_steps=2,
+        rounds=1,
+        records=64,
+        pairs=2,
+        step_repeats=3,
+    )
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -159,8 +191,13 @@ def load_peft_model(setup: Setup) -> torch.nn.Module:
     """Base model loaded the way loramerge loads it (fp32, no KV cache), LoRA as loramerge configures it."""
     model = AutoModelForCausalLM.from_pretrained(setup.model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=list(ALL_LINEAR),
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=list(ALL_LINEAR),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -221,8 +258,13 @@ def loramerge_recipe(setup: Setup) -> TrainRecipe:
         data=str(setup.data_file),
         lora=LoraSettings(**LORA),
         # loramerge takes ceil(warmup_ratio * steps) warm-up steps; aim half a step low so rounding cannot add one
-        optimizer=OptimizerSettings(learning_rate=LEARNING_RATE, schedule="linear", warmup_ratio=(WARMUP_LR_STEPS - 0.5) / setup.steps,
-                                    weight_decay=0.0, max_grad_norm=1.0),
+        optimizer=OptimizerSettings(
+            learning_rate=LEARNING_RATE,
+            schedule="linear",
+            warmup_ratio=(WARMUP_LR_STEPS - 0.5) / setup.steps,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+        ),
         batch_size=setup.batch_size,
         max_steps=setup.steps,
         max_length=setup.sequence_tokens,
@@ -301,8 +343,13 @@ def build_trainer(setup: Setup, out: Path, clock: Lockstep) -> Trainer:
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in tokenized_examples(setup)]
     collator = PaddingCollator(tokenizer.pad_token_id)
-    return Trainer(model=model, args=trainer_arguments(setup, out), train_dataset=rows, data_collator=collator,
-                   callbacks=[LockstepCallback(clock, collator, setup.steps)])
+    return Trainer(
+        model=model,
+        args=trainer_arguments(setup, out),
+        train_dataset=rows,
+        data_collator=collator,
+        callbacks=[LockstepCallback(clock, collator, setup.steps)],
+    )
 
 
 def side_rates(seconds: list[float], tokens: list[int], warmup: int) -> dict[str, Any]:
@@ -323,8 +370,10 @@ def side_rates(seconds: list[float], tokens: list[int], warmup: int) -> dict[str
 def run_round(setup: Setup, first: str) -> dict[str, Any]:
     clock = Lockstep(first)
     trainer = build_trainer(setup, OUT / "train" / TRAINER, clock)
-    runners = {LORAMERGE: lambda: run_loramerge(setup, OUT / "train" / LORAMERGE, clock),
-               TRAINER: lambda: {"final_loss": trainer.train().training_loss}}
+    runners = {
+        LORAMERGE: lambda: run_loramerge(setup, OUT / "train" / LORAMERGE, clock),
+        TRAINER: lambda: {"final_loss": trainer.train().training_loss},
+    }
     outcome: dict[str, Any] = {}
 
     def target(name: str) -> None:
@@ -363,9 +412,12 @@ def throughput_benchmark(setup: Setup) -> dict[str, Any]:
     for index in range(setup.rounds):
         rounds.append(run_round(setup, LORAMERGE if index % 2 == 0 else TRAINER))  # alternate who steps first
         row = rounds[-1]
-        print(f"  round {index + 1}: loramerge {row[LORAMERGE]['tokens_per_second']:.0f} tok/s, "
-              f"Trainer {row[TRAINER]['tokens_per_second']:.0f} tok/s (median step), "
-              f"paired ratio {statistics.median(row['paired_ratios']):.3f}", flush=True)
+        print(
+            f"  round {index + 1}: loramerge {row[LORAMERGE]['tokens_per_second']:.0f} tok/s, "
+            f"Trainer {row[TRAINER]['tokens_per_second']:.0f} tok/s (median step), "
+            f"paired ratio {statistics.median(row['paired_ratios']):.3f}",
+            flush=True,
+        )
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[name][key] for r in rounds)
@@ -416,8 +468,9 @@ def timed_step(model: ObjectiveModel, objective: str, batch: dict[str, torch.Ten
 STEADY = 1.25  # the two task steps around an alignment step must agree within 25 %
 
 
-def flanked_ratios(models: dict[int, ObjectiveModel], batches: dict[str, dict[str, torch.Tensor]], ks: list[int],
-                   repeats: int) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
+def flanked_ratios(
+    models: dict[int, ObjectiveModel], batches: dict[str, dict[str, torch.Tensor]], ks: list[int], repeats: int
+) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
     """Every alignment step is timed between two task steps and divided by their mean.
 
     Background jobs here slow a step by 3-15x for seconds to minutes (8 x 128-token task steps of 1.1 s
@@ -459,10 +512,18 @@ def step_benchmark(setup: Setup) -> dict[str, Any]:
         "default_layer": default_layer(layers),
         "task_step_seconds": statistics.median(task_seconds),
         "task_step_all": [round(t, 4) for t in task_seconds],
-        "align": [{"layer": k, "k_over_L": k / layers, "step_seconds": statistics.median(align_seconds[k]),
-                   "ratio_to_task": statistics.median(ratios[k]), "ratios_kept": len(ratios[k]),
-                   "ratios": [round(r, 4) for r in ratios[k]],
-                   "all": [round(t, 4) for t in align_seconds[k]]} for k in ks],
+        "align": [
+            {
+                "layer": k,
+                "k_over_L": k / layers,
+                "step_seconds": statistics.median(align_seconds[k]),
+                "ratio_to_task": statistics.median(ratios[k]),
+                "ratios_kept": len(ratios[k]),
+                "ratios": [round(r, 4) for r in ratios[k]],
+                "all": [round(t, 4) for t in align_seconds[k]],
+            }
+            for k in ks
+        ],
     }
 
 
@@ -471,10 +532,14 @@ def step_benchmark(setup: Setup) -> dict[str, Any]:
 
 def git_state() -> dict[str, Any]:
     """The commit measured, and whether loramerge/ differed from it (other work may edit the tree)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=OUT.parent.parent).stdout.strip()
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "loramerge_uncommitted": bool(git("status", "--porcelain", "loramerge"))}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "loramerge_uncommitted": bool(git("status", "--porcelain", "loramerge")),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -511,7 +576,8 @@ def throughput_table(part1: dict[str, Any]) -> list[str]:
         "|---|---:|---|",
         f"| **median of {part1['step_pairs']} back-to-back step pairs** (quartiles) | **{part1['ratio']:.3f}** "
         f"({part1['ratio_quartiles'][0]:.3f}-{part1['ratio_quartiles'][1]:.3f}) | "
-        + ", ".join(f"{statistics.median(r['paired_ratios']):.3f}" for r in part1["rounds"]) + " |",
+        + ", ".join(f"{statistics.median(r['paired_ratios']):.3f}" for r in part1["rounds"])
+        + " |",
         f"| ratio of median step times, median of rounds | {part1['ratio_of_median_steps']:.3f} | {ratios('ratio_tokens_per_second')} |",
         f"| ratio of whole timed windows (sum of steps), median of rounds | {part1['window_ratio']:.3f} | "
         f"{ratios('ratio_window_tokens_per_second')} |",
@@ -528,8 +594,10 @@ def steps_table(part2: dict[str, Any]) -> list[str]:
     ]
     for row in part2["align"]:
         default = " (default)" if row["layer"] == part2["default_layer"] else ""
-        lines.append(f"| align, k = {row['layer']} of {part2['num_layers']}{default} | {row['step_seconds']:.3f} | "
-                     f"**{row['ratio_to_task']:.3f}** | {row['ratios_kept']} of {len(row['all'])} | {row['k_over_L']:.3f} |")
+        lines.append(
+            f"| align, k = {row['layer']} of {part2['num_layers']}{default} | {row['step_seconds']:.3f} | "
+            f"**{row['ratio_to_task']:.3f}** | {row['ratios_kept']} of {len(row['all'])} | {row['k_over_L']:.3f} |"
+        )
     return [*lines, ""]
 
 
@@ -557,16 +625,24 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: a < 60 s smoke run")
-    parser.add_argument("--vocab", type=int, default=None,
-                        help="model vocabulary (default: the tokenizer's 320). Real models' LM heads are 32k-256k wide; "
-                        "a larger value adds embedding/LM-head rows the data never uses, so the logits cost what they would")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=None,
+        help="model vocabulary (default: the tokenizer's 320). Real models' LM heads are 32k-256k wide; "
+        "a larger value adds embedding/LM-head rows the data never uses, so the logits cost what they would",
+    )
     parser.add_argument("--only", choices=["throughput", "steps"], default=None, help="run one part")
     return parser.parse_args()
 
 
 def output_name(args: argparse.Namespace) -> str:
-    return "train" + ("-quick" if args.quick else "") + (f"-vocab{args.vocab}" if args.vocab else "") + (
-        f"-{args.only}" if args.only else "")
+    return (
+        "train"
+        + ("-quick" if args.quick else "")
+        + (f"-vocab{args.vocab}" if args.vocab else "")
+        + (f"-{args.only}" if args.only else "")
+    )
 
 
 def main() -> None:
@@ -579,8 +655,11 @@ def main() -> None:
         setup = replace(setup, shape={**setup.shape, "vocab_size": args.vocab})
     started = time.perf_counter()
     prepare_inputs(setup)
-    results: dict[str, Any] = {"command": " ".join([".venv/bin/python bench/train.py", *sys.argv[1:]]), "machine": machine(),
-                               "setup": {**asdict(setup), "lora": LORA}}
+    results: dict[str, Any] = {
+        "command": " ".join([".venv/bin/python bench/train.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "setup": {**asdict(setup), "lora": LORA},
+    }
     if args.only in (None, "throughput"):
         print("part 1: throughput", flush=True)
         results["throughput"] = throughput_benchmark(setup)
