@@ -28,6 +28,26 @@ def adapter_tensors(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+def align_args(model_dir, pairs, *extra: str) -> list[str]:
+    """train-align on the tiny recipe for 2 steps."""
+    return [
+        "train-align",
+        "--model",
+        str(model_dir),
+        "--pairs",
+        str(pairs),
+        "--recipe",
+        TINY.format("align"),
+        "--max-steps",
+        "2",
+        *extra,
+    ]
+
+
+def adapter_layers(folder) -> set[int]:
+    return {int(key.split(".layers.")[1].split(".")[0]) for key in adapter_tensors(folder)}
+
+
 def losses(folder, key: str) -> list[float]:
     return [
         row[key]
@@ -43,8 +63,7 @@ def test_alignment_loss_falls_and_only_lower_layers_get_lora(tiny_model_dir, exa
     result = train_adapter(recipe("align", model=str(model_dir), pairs=str(example_data["pairs"]), max_steps=16), "align", out)
     values = losses(out, "align_loss")
     assert all(torch.isfinite(torch.tensor(values))) and values[-1] < values[0]
-    layers = {int(key.split(".layers.")[1].split(".")[0]) for key in adapter_tensors(out)}
-    assert layers == {0, 1}  # k = round(4 / 2) = 2: blocks 0 and 1 feed hidden_states[2]
+    assert adapter_layers(out) == {0, 1}  # k = round(4 / 2) = 2: blocks 0 and 1 feed hidden_states[2]
     assert result.metrics["align_loss"] == pytest.approx(values[-1])
 
 
@@ -80,8 +99,7 @@ def test_joint_training_alternates_as_configured(tiny_model_dir, example_data, t
     assert result.state.micro_batches == {"task": 6, "align": 3}
     assert {"task_loss", "align_loss"} <= set(result.metrics)
     # joint adapters cover every layer: the task loss reaches all blocks
-    layers = {int(key.split(".layers.")[1].split(".")[0]) for key in adapter_tensors(tmp_path / "joint")}
-    assert layers == {0, 1, 2, 3}
+    assert adapter_layers(tmp_path / "joint") == {0, 1, 2, 3}
 
 
 def test_eval_sets_are_scored(tiny_model_dir, example_data, tmp_path):
@@ -224,39 +242,17 @@ def test_gradient_checkpointing_with_joint_training(tiny_model_dir, example_data
 
 
 def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
-    args = [
-        "train-align",
-        "--model",
-        str(tiny_model_dir("qwen2")),
-        "--pairs",
-        str(example_data["pairs"]),
-        "--recipe",
-        TINY.format("align"),
-        "--max-steps",
-        "2",
-    ]
+    args = align_args(tiny_model_dir("qwen2"), example_data["pairs"])
     result = CliRunner().invoke(app, [*args, "--layer", "1", "--out", str(tmp_path / "one")])
     assert result.exit_code == 0, result.output
-    assert {int(k.split(".layers.")[1].split(".")[0]) for k in adapter_tensors(tmp_path / "one")} == {0}
+    assert adapter_layers(tmp_path / "one") == {0}
     assert "  layer: 1\n" in (tmp_path / "one" / "recipe.yaml").read_text()  # the resolved recipe records the flag
     too_deep = CliRunner().invoke(app, [*args, "--layer", "4", "--out", str(tmp_path / "deep")])
     assert too_deep.exit_code == 2 and "between 1 and 3" in too_deep.stderr
 
 
 def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_data, tmp_path):
-    args = [
-        "train-align",
-        "--model",
-        str(tiny_model_dir("llama")),
-        "--pairs",
-        str(example_data["pairs"]),
-        "--recipe",
-        TINY.format("align"),
-        "--max-steps",
-        "2",
-        "--layer",
-        "auto",
-    ]
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--layer", "auto")
     missing = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-dev")])
     assert missing.exit_code == 2 and "eval_pairs" in missing.stderr
     result = CliRunner().invoke(app, [*args, "--set", f"eval_pairs={example_data['dev_pairs']}", "--out", str(tmp_path / "auto")])
@@ -265,27 +261,14 @@ def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_d
 
     chosen = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())["align"]["layer"]
     assert isinstance(chosen, int) and 1 <= chosen <= 3
-    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter_tensors(tmp_path / "auto")}
-    assert layers == set(range(chosen))
+    assert adapter_layers(tmp_path / "auto") == set(range(chosen))
 
 
 def test_an_unfinished_run_is_not_silently_mixed_into_a_new_one(tiny_model_dir, example_data, tmp_path):
     out = tmp_path / "align"
     (tmp_path / "align.run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "align.run" / "metrics.jsonl").write_text('{"step": 99}\n')
-    args = [
-        "train-align",
-        "--model",
-        str(tiny_model_dir("llama")),
-        "--pairs",
-        str(example_data["pairs"]),
-        "--recipe",
-        TINY.format("align"),
-        "--max-steps",
-        "2",
-        "--out",
-        str(out),
-    ]
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(out))
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
     assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
