@@ -31,6 +31,10 @@ class SentenceTable:
     def directions(self) -> list[tuple[str, str]]:
         return list(permutations(sorted(self.texts), 2))
 
+    def sentences(self) -> dict[str, list[str]]:
+        """Each language's sentences in group order: the order score_layers expects vectors in."""
+        return {lang: [groups[g] for g in sorted(groups)] for lang, groups in self.texts.items()}
+
     def shared_groups(self, first: str, second: str) -> list[int]:
         return sorted(set(self.texts[first]) & set(self.texts[second]))
 
@@ -122,8 +126,7 @@ def best_layer(
     """The block output (1..L-1) where translations retrieve each other best on average (margin):
     `--layer auto`. Layer L is left out: its states feed only the LM head."""
     table = sentence_table(pairs, limit=limit)
-    texts = {lang: [groups[g] for g in sorted(groups)] for lang, groups in table.texts.items()}
-    vectors = {lang: layer_vectors(model, tokenizer, sentences, skip_first) for lang, sentences in texts.items()}
+    vectors = {lang: layer_vectors(model, tokenizer, sentences, skip_first) for lang, sentences in table.sentences().items()}
     count = next(iter(vectors.values())).shape[0] - 1
     scores = score_layers(table, vectors, range(1, count))
     accuracy = {int(layer): entry["average"]["margin"] for layer, entry in scores["layers"].items()}

@@ -18,7 +18,7 @@ from loramerge.data import read_pairs_file
 from loramerge.errors import LoramergeError
 from loramerge.layer_exit import num_decoder_layers
 from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec
-from loramerge.probe import SentenceTable, layer_vectors, score_layers, sentence_table
+from loramerge.probe import layer_vectors, score_layers, sentence_table
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ def parse_layers(text: str, num_layers: int) -> list[int]:
     if not layers or bad:
         raise LoramergeError(f"--layers {text!r}: layers must be between 0 and {num_layers} for this model")
     return layers
-
-
-def table_text(table: SentenceTable) -> dict[str, list[str]]:
-    return {lang: [groups[g] for g in sorted(groups)] for lang, groups in table.texts.items()}
 
 
 @contextmanager
@@ -88,7 +84,7 @@ def run_probe(settings: ProbeSettings, console: Console) -> dict[str, Any]:
             model.load_adapter(adapter, adapter_name=f"adapter-{index}")
         names += [f"adapter-{i}" for i in range(1, len(settings.adapters) + 1)]
     labels = ["base", *settings.adapters]
-    texts = table_text(table)
+    texts = table.sentences()
     total = sum(len(sentences) for sentences in texts.values()) * len(names)
     results: dict[str, Any] = {
         "model": settings.model,

@@ -113,6 +113,20 @@ def lora_config(recipe: TrainRecipe, align_only_below: int | None) -> LoraConfig
     )
 
 
+def pair_batch_size(recipe: TrainRecipe) -> int:
+    return recipe.align.batch_size or recipe.batch_size
+
+
+def tokenized_pairs(
+    path: str, tokenizer: PreTrainedTokenizerBase, recipe: TrainRecipe
+) -> tuple[list[SentencePair], list[list[int]], list[list[int]]]:
+    """The pairs of a file with their source and target token ids (raw sentences, align.max_length)."""
+    pairs = read_pairs_file(Path(path))
+    limit = recipe.align.max_length
+    sources = tokenize_sentences([p.source for p in pairs], tokenizer, limit)
+    return pairs, sources, tokenize_sentences([p.target for p in pairs], tokenizer, limit)
+
+
 def build_streams(
     recipe: TrainRecipe, mode: Mode, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
 ) -> tuple[dict[str, BatchStream], list[TaskRecord] | None, list[SentencePair] | None]:
@@ -127,15 +141,9 @@ def build_streams(
             recipe.data, examples, recipe.batch_size, lambda b: collate_task(b, pad), recipe.seed, **shard
         )
     if recipe.pairs is not None and (mode == "align" or recipe.task_per_align[1] > 0):
-        pairs = read_pairs_file(Path(recipe.pairs))
-        limit = recipe.align.max_length
-        tokenized = list(
-            zip(
-                tokenize_sentences([p.source for p in pairs], tokenizer, limit),
-                tokenize_sentences([p.target for p in pairs], tokenizer, limit),
-            )
-        )
-        size = recipe.align.batch_size or recipe.batch_size
+        pairs, sources, targets = tokenized_pairs(recipe.pairs, tokenizer, recipe)
+        tokenized = list(zip(sources, targets))
+        size = pair_batch_size(recipe)
         if size < 2:
             raise LoramergeError("alignment needs at least 2 pairs per micro-batch (in-batch negatives); raise align.batch_size")
 
@@ -155,11 +163,8 @@ def eval_batches(
         examples = tokenize_task(read_task_file(Path(recipe.eval_data)), tokenizer, recipe.max_length)
         task = [collate_task(chunk, pad) for chunk in batches(examples, recipe.batch_size)]
     if with_pairs and recipe.eval_pairs is not None:
-        read = read_pairs_file(Path(recipe.eval_pairs))
-        limit = recipe.align.max_length
-        sources = tokenize_sentences([p.source for p in read], tokenizer, limit)
-        targets = tokenize_sentences([p.target for p in read], tokenizer, limit)
-        size = recipe.align.batch_size or recipe.batch_size
+        _, sources, targets = tokenized_pairs(recipe.eval_pairs, tokenizer, recipe)
+        size = pair_batch_size(recipe)
         pairs = [collate_pairs(s, t, pad) for s, t in zip(batches(sources, size), batches(targets, size))]
     return task, pairs
 
