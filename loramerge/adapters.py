@@ -77,6 +77,12 @@ class LoraAdapter:
     carried: dict[str, tuple[int, ...]]  # full tensors (modules_to_save, saved embeddings) -> shape
     dtypes: set[str] = field(default_factory=set)
     file_sha256: dict[str, str] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # repo_id, revision, commit when pulled from the Hub
+
+    @property
+    def label(self) -> str:
+        """How provenance names the adapter: org/name@commit for a Hub download, else its folder."""
+        return f"{self.origin['repo_id']}@{self.origin['commit']}" if self.origin else str(self.path)
 
     @property
     def base_model(self) -> str | None:

@@ -10,6 +10,7 @@ import torch
 from loramerge.adapters import LoraAdapter, load_adapter
 from loramerge.atomic import output_dir_problem
 from loramerge.errors import ProblemList
+from loramerge.hub import resolve_adapter
 from loramerge.merge_recipe import MergeRecipe
 
 
@@ -41,9 +42,21 @@ def check_compatibility(adapters: list[LoraAdapter], recipe: MergeRecipe, proble
                 )
 
 
+def load_source(source: str, problems: ProblemList) -> LoraAdapter | None:
+    """A local folder, else a Hub id org/name[@revision] (downloaded into the Hugging Face cache)."""
+    resolved = resolve_adapter(source, problems)
+    if resolved is None:
+        return None  # the download failed; `problems` says why
+    path, snapshot = resolved
+    adapter = load_adapter(path, problems)
+    if adapter is not None and snapshot is not None:
+        adapter.origin = {"repo_id": snapshot.repo_id, "revision": snapshot.revision or "main", "commit": snapshot.commit}
+    return adapter
+
+
 def load_and_check(recipe: MergeRecipe, out: Path, overwrite: bool) -> list[LoraAdapter]:
     problems = ProblemList()
-    loaded = [load_adapter(Path(source.path), problems) for source in recipe.sources]
+    loaded = [load_source(source.path, problems) for source in recipe.sources]
     adapters = [adapter for adapter in loaded if adapter is not None]
     if len(adapters) == len(loaded):
         check_compatibility(adapters, recipe, problems)

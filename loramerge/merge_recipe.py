@@ -47,7 +47,7 @@ class WeightRule(StrictModel):
 
 
 class MergeSource(StrictModel):
-    path: str = Field(description="PEFT LoRA adapter folder")
+    path: str = Field(description="PEFT LoRA adapter folder, or a Hub id org/name[@revision]")
     weight: float = 1.0
     depth_weights: list[float] | None = Field(
         None, min_length=1, description="weights interpolated linearly from the first to the last layer"

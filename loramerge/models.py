@@ -42,6 +42,15 @@ def parse_model_spec(spec: str) -> ModelSource:
     )
 
 
+def source_commit(source: ModelSource) -> str | None:
+    """The Hub commit a model was loaded from (after loading: transformers filled the cache); None if local."""
+    if source.is_local or bundled.is_bundled(source.location):
+        return None
+    from loramerge.hub import cached_commit
+
+    return cached_commit(source.location, source.revision)
+
+
 def resolve_location(source: ModelSource) -> str:
     """What from_pretrained gets: a bundled model's cache folder (converted on first use), else the location."""
     return str(bundled.load_model_dir(source.location)) if bundled.is_bundled(source.location) else source.location
