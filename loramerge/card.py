@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}$")  # the Hub's metadata takes ISO 639 codes: 'zh_CN' is listed as 'zh'
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,31 @@ def hub_base_model(base_model: str | None) -> str | None:
     if base_model and HUB_ID.match(base_model) and not Path(base_model).exists():
         return base_model
     return None
+
+
+def hub_languages(languages: list[str]) -> list[str] | None:
+    """Data language tags ('fr', 'zh_CN', 'pt-BR') as the ISO 639 codes the Hub's `language` field takes."""
+    codes = {re.split(r"[_-]", language.strip())[0].lower() for language in languages if language}
+    return sorted(code for code in codes if LANGUAGE.match(code)) or None
+
+
+def input_card_metadata(folder: Path) -> tuple[list[str], list[str]]:
+    """(languages, tags) from an input adapter's model card, if it has one, so a merge card keeps them."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return [], []
+    try:
+        data = ModelCard.load(readme).data.to_dict()
+    except Exception:  # a card with broken metadata only loses its languages, the merge goes on
+        return [], []
+    return as_strings(data.get("language")), as_strings(data.get("tags"))
+
+
+def as_strings(value: object) -> list[str]:
+    """A metadata field that may be one string or a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(item) for item in value]  # type: ignore[attr-defined]
 
 
 def loading_snippet(base_model: str | None) -> str:
@@ -47,15 +73,29 @@ def card_text(data: ModelCardData, body: str) -> str:
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body=body))
 
 
-def render_merge_card(inputs: list[MergedInput], method: str, summary: str, recipe_yaml: str, base_model: str | None) -> str:
+def render_merge_card(
+    inputs: list[MergedInput],
+    method: str,
+    summary: str,
+    recipe_yaml: str,
+    base_model: str | None,
+    languages: list[str] | None = None,
+    extra_tags: list[str] | None = None,
+    extra_section: str = "",
+) -> str:
+    """`inputs` name Hub downloads as org/name@commit and local ones by folder; `languages` and
+    `extra_tags` (e.g. cross-lingual-alignment) come from the inputs' own cards."""
+    tags = ["lora", "peft", "loramerge", "merge"] + sorted(set(extra_tags or []) & {"cross-lingual-alignment"})
     data = ModelCardData(
         library_name="peft",
         base_model=hub_base_model(base_model),
-        tags=["lora", "peft", "loramerge", "merge"],
+        tags=tags,
+        language=hub_languages(languages or []),
         pipeline_tag="text-generation",
     )
     rows = "\n".join(
-        f"| {i} | `{item.path}` | {item.weight:g} | {item.ranks} | `{item.sha256.get('adapter_model.safetensors', '')}` |"
+        f"| {i} | `{item.path}` | {item.weight:g} | {item.ranks} | `{item.sha256.get('adapter_model.safetensors', '')}` "
+        f"| `{item.sha256.get('adapter_config.json', '')}` |"
         for i, item in enumerate(inputs, 1)
     )
     body = (
@@ -64,12 +104,14 @@ def render_merge_card(inputs: list[MergedInput], method: str, summary: str, reci
         f"adapters' factors, without loading the base model. Method: **{method}**. {summary}\n\n"
         f"Base model: `{base_model or 'not recorded in the inputs'}`\n\n"
         "## Inputs\n\n"
-        "| # | adapter | weight | rank | sha256 of adapter_model.safetensors |\n"
-        "|---|---|---|---|---|\n"
+        "Hub inputs are named `repo@commit`, the exact commit that was downloaded.\n\n"
+        "| # | adapter | weight | rank | sha256 of adapter_model.safetensors | sha256 of adapter_config.json |\n"
+        "|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
         "Per-module weights, ranks and errors are in `merge_report.json`.\n\n"
         "## Recipe\n\n"
         f"```yaml\n{recipe_yaml}```\n\n"
+        f"{extra_section.strip() + chr(10) * 2 if extra_section.strip() else ''}"
         "## Use\n\n"
         f"{loading_snippet(base_model)}"
     )
@@ -82,6 +124,19 @@ class TrainingSummary:
     data_rows: list[tuple[str, str, int]]  # (data set, language or direction, examples)
     hyperparameters: dict[str, str]
     final_metrics: dict[str, float]
+    base_commit: str | None = None  # the Hub commit the base model was loaded from
+    evaluation: dict[str, dict[str, float]] | None = None  # row (e.g. language) -> metric -> value
+
+
+def evaluation_table(evaluation: dict[str, dict[str, float]] | None) -> str:
+    """A markdown section for per-language (or per-set) scores; empty when there are none."""
+    if not evaluation:
+        return ""
+    metrics = sorted({metric for row in evaluation.values() for metric in row})
+    lines = ["| | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, row in evaluation.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" if m in row else "" for m in metrics) + " |")
+    return "## Evaluation\n\n" + "\n".join(lines) + "\n\n"
 
 
 def render_training_card(summary: TrainingSummary, recipe_yaml: str, base_model: str | None, languages: list[str]) -> str:
@@ -92,7 +147,7 @@ def render_training_card(summary: TrainingSummary, recipe_yaml: str, base_model:
         library_name="peft",
         base_model=hub_base_model(base_model),
         tags=tags,
-        language=languages or None,
+        language=hub_languages(languages),
         pipeline_tag="text-generation",
     )
     data_rows = "\n".join(f"| {name} | {language} | {count} |" for name, language, count in summary.data_rows)
@@ -102,7 +157,7 @@ def render_training_card(summary: TrainingSummary, recipe_yaml: str, base_model:
         f"# LoRA adapter: {summary.kind}\n\n"
         "Trained with [loramerge](https://pypi.org/project/loramerge/), which implements Liu & Niehues,\n"
         "*Middle-Layer Representation Alignment for Cross-Lingual Transfer in Fine-Tuned LLMs* (ACL 2025).\n\n"
-        f"Base model: `{base_model or 'not recorded'}`\n\n"
+        f"Base model: `{base_model or 'not recorded'}`{f' at commit `{summary.base_commit}`' if summary.base_commit else ''}\n\n"
         "## Data\n\n| data set | language | examples |\n|---|---|---|\n"
         f"{data_rows}\n\n"
         "## Hyperparameters\n\n| setting | value |\n|---|---|\n"
@@ -110,6 +165,7 @@ def render_training_card(summary: TrainingSummary, recipe_yaml: str, base_model:
         "## Final metrics\n\n| metric | value |\n|---|---|\n"
         f"{metrics}\n\n"
         "Per-step losses are in `metrics.jsonl`.\n\n"
+        f"{evaluation_table(summary.evaluation)}"
         f"## Recipe\n\n```yaml\n{recipe_yaml}```\n\n"
         f"## Use\n\n{loading_snippet(base_model)}"
     )

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from loramerge.cli_hub import PushToOption, check_push_target, push_output
 from loramerge.cli_support import console, run_safely
 from loramerge.errors import LoramergeError
 from loramerge.recipes import load_recipe
@@ -45,9 +46,11 @@ def run_training(
     out: Path,
     resume: bool,
     overwrite: bool,
+    push_to: str | None = None,
 ) -> None:
     from loramerge.training import shutdown_distributed, train_adapter  # torch etc. load only when training
 
+    check_push_target(push_to)
     recipe = load_recipe(TrainRecipe, recipe_path, overrides, flags)
     try:
         result = train_adapter(recipe, mode, out, overwrite=overwrite, resume=resume)  # type: ignore[arg-type]
@@ -64,6 +67,8 @@ def run_training(
         console.print(f"[yellow]interrupted:[/yellow] checkpoint saved in {result.run_dir}; rerun the same command with --resume")
         raise typer.Exit(130)
     console.print(f"adapter written to {result.out}")
+    if push_to is not None:
+        push_output(result.out, push_to)
 
 
 def train_align(
@@ -80,13 +85,14 @@ def train_align(
     seed: SeedOption = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
+    push_to: PushToOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Train an alignment LoRA: InfoNCE on mean-pooled layer-k states of translation pairs."""
 
     def action() -> None:
         flags = {"model": model, "pairs": pairs, "align.layer": parse_layer(layer), "max_steps": max_steps, "seed": seed}
-        run_training("align", recipe, overrides, flags, out, resume, overwrite)
+        run_training("align", recipe, overrides, flags, out, resume, overwrite, push_to)
 
     run_safely(debug, action)
 
@@ -102,12 +108,13 @@ def train_task(
     seed: SeedOption = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
+    push_to: PushToOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Train a task LoRA (SFT); with --pairs, jointly with the alignment objective (alternating batches)."""
 
     def action() -> None:
         flags = {"model": model, "data": data, "pairs": pairs, "max_steps": max_steps, "seed": seed}
-        run_training("task", recipe, overrides, flags, out, resume, overwrite)
+        run_training("task", recipe, overrides, flags, out, resume, overwrite, push_to)
 
     run_safely(debug, action)

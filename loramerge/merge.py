@@ -23,12 +23,12 @@ from safetensors import safe_open
 
 from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, hash_adapter_files
 from loramerge.atomic import atomic_directory
-from loramerge.card import MergedInput, render_merge_card
+from loramerge.card import MergedInput, input_card_metadata, render_merge_card
 from loramerge.errors import ProblemList
 from loramerge.layer_weights import layer_index, module_weight
 from loramerge.merge_inputs import carry_tensors, load_and_check, read_factors
 from loramerge.merge_methods import METHODS, Contribution, MethodSettings
-from loramerge.merge_recipe import MergeRecipe
+from loramerge.merge_recipe import MergeRecipe, MergeSource
 from loramerge.merge_report import build_report, rank_span, serving_warnings, summarise
 from loramerge.peft_config import merged_config
 from loramerge.recipes import dump_recipe
@@ -163,14 +163,33 @@ def write_weights(
     return entries
 
 
+def pinned(recipe: MergeRecipe, adapters: list[LoraAdapter]) -> MergeRecipe:
+    """The recipe with each Hub input fixed to the commit used (org/name@sha), so a rerun reproduces it."""
+    sources = [
+        source.model_copy(update={"path": adapter.label}) if adapter.origin else source
+        for source, adapter in zip(recipe.sources, adapters)
+    ]
+    return recipe.model_copy(update={"sources": sources})
+
+
+def input_record(source: MergeSource, adapter: LoraAdapter) -> dict[str, Any]:
+    """Provenance of one input for merge_report.json: as given, where it was read, what it hashed to."""
+    return {"source": source.path, "path": str(adapter.path), **adapter.origin, "sha256": adapter.file_sha256}
+
+
 def merge_adapters(
     recipe: MergeRecipe | dict[str, Any],
     out: str | Path,
     *,
     overwrite: bool = False,
     on_module: Callable[[str], None] | None = None,
+    extra_files: dict[str, str] | None = None,
+    card_section: str = "",
 ) -> MergeResult:
     """Merge the recipe's adapters into a new PEFT adapter folder at `out` (see README: merge semantics).
+
+    extra_files (name -> text) are written beside the adapter and card_section (markdown) goes into its card,
+    in the same atomic step: e.g. the table of a merge-weight search.
 
     Raises LoramergeError listing every problem in the inputs; nothing is written then.
     """
@@ -205,14 +224,27 @@ def merge_adapters(
         base_model = recipe.base_model or adapters[0].base_model
         config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        report = {**build_report(recipe, modules), "inputs": [{"path": str(a.path), "sha256": a.file_sha256} for a in adapters]}
+        report = {
+            **build_report(recipe, modules),
+            "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
+        }
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        recipe_yaml = dump_recipe(recipe)
+        recipe_yaml = dump_recipe(pinned(recipe, adapters))
         (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
         inputs = [
-            MergedInput(path=source.path, weight=source.weight, ranks=rank_span(adapter), sha256=adapter.file_sha256)
+            MergedInput(
+                path=adapter.label if adapter.origin else source.path,
+                weight=source.weight,
+                ranks=rank_span(adapter),
+                sha256=adapter.file_sha256,
+            )
             for source, adapter in zip(recipe.sources, adapters)
         ]
-        card = render_merge_card(inputs, recipe.method, summarise(report), recipe_yaml, base_model)
+        languages, tags = zip(*(input_card_metadata(adapter.path) for adapter in adapters))
+        card = render_merge_card(
+            inputs, recipe.method, summarise(report), recipe_yaml, base_model, sum(languages, []), sum(tags, []), card_section
+        )
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
     return MergeResult(out=out, report=report, warnings=serving_warnings(report, carried))

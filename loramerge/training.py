@@ -33,15 +33,15 @@ from loramerge.data import (
     read_pairs_file,
     read_task_file,
     tokenize_sentences,
-    tokenize_task,
 )
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.evaluation_loss import batches, make_evaluator
 from loramerge.layer_exit import default_layer, num_decoder_layers
-from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec, source_commit
 from loramerge.objectives import ALIGN, TASK, ObjectiveModel
 from loramerge.probe import best_layer
 from loramerge.recipes import dump_recipe
+from loramerge.tokenization import tokenize_task
 from loramerge.train_log import MetricsLog
 from loramerge.train_loop import LoopSettings, LoopState, StepCallback, run_loop
 from loramerge.train_recipe import TrainRecipe
@@ -57,6 +57,7 @@ class TrainResult:
     state: LoopState
     metrics: dict[str, float]
     is_main: bool = True  # under data parallelism only the main process reports
+    align_layer: int | None = None  # hidden_states index the alignment loss used (None: task only)
 
 
 def run_dir_for(out: Path) -> Path:
@@ -296,10 +297,13 @@ def train_adapter(
             data_rows=language_rows(records, pairs),
             hyperparameters=hyperparameters(recipe, align_layer, steps, accelerator.num_processes),
             final_metrics=final_metrics,
+            base_commit=source_commit(source),
         )
         write_outputs(peft_model, recipe, summary, out, run_dir, languages_of(records, pairs))
     accelerator.wait_for_everyone()
-    return TrainResult(out=out, run_dir=run_dir, state=state, metrics=final_metrics, is_main=accelerator.is_main_process)
+    return TrainResult(
+        out=out, run_dir=run_dir, state=state, metrics=final_metrics, is_main=accelerator.is_main_process, align_layer=align_layer
+    )
 
 
 def shutdown_distributed() -> None:
@@ -341,6 +345,10 @@ def write_outputs(
         if (run_dir / "metrics.jsonl").exists():
             shutil.copy2(run_dir / "metrics.jsonl", staging / "metrics.jsonl")
         (staging / "train_summary.json").write_text(
-            json.dumps({"final": summary.final_metrics}, indent=2) + "\n", encoding="utf-8"
+            json.dumps(
+                {"final": summary.final_metrics, "base_model": {"name": base_model, "commit": summary.base_commit}}, indent=2
+            )
+            + "\n",
+            encoding="utf-8",
         )
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -21,9 +21,9 @@ from loramerge.data import (
     read_pairs_file,
     read_task_file,
     tokenize_sentences,
-    tokenize_task,
 )
 from loramerge.errors import LoramergeError
+from loramerge.tokenization import tokenize_task
 
 CORPUS = ["hello world", "say hello", "the cat sleeps", "le chat dort", "what is two plus two? four", "Translate to French:"]
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
