@@ -10,12 +10,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loramerge.cli_data import data_app, models
+from loramerge.cli_eval import eval_command
+from loramerge.cli_hub import PushToOption, check_push_target, push, push_output
 from loramerge.cli_probe import probe
 from loramerge.cli_support import console, parse_float_list, quiet_libraries, run_safely
 from loramerge.cli_train import train_align, train_task
 from loramerge.errors import LoramergeError
 from loramerge.merge import MergeResult, merge_adapters
 from loramerge.merge_recipe import MergeRecipe
+from loramerge.merge_search import SearchSettings
 from loramerge.recipes import recipe_data, validate_recipe
 
 app = typer.Typer(
@@ -54,6 +57,34 @@ def merge_recipe_from_flags(
     return validate_recipe(MergeRecipe, data, str(recipe) if recipe else "arguments")
 
 
+def run_search_command(merge_recipe: MergeRecipe, settings: SearchSettings, out: Path, overwrite: bool) -> MergeResult:
+    from loramerge.merge_search import search_and_merge
+
+    with Progress(
+        TextColumn("searching"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=None)
+
+        def announce(index: int, candidate: Any) -> None:
+            progress.update(task, completed=index, description=candidate.label)
+
+        result, rows, best = search_and_merge(merge_recipe, settings, out, overwrite, announce)
+    table = Table(
+        "candidate", "supervised", "transfer", "all", title=f"dev {settings.metric} (percent); chosen by {settings.objective}"
+    )
+    for row in rows:
+        cells = ["-" if row.means.get(k) is None else f"{row.means[k]:.1f}" for k in ("supervised", "transfer", "all")]
+        table.add_row(f"{row.candidate.label}{' (chosen)' if row is best else ''}", *cells)
+    console.print(table)
+    return result
+
+
 def print_merge_summary(result: MergeResult) -> None:
     report = result.report
     table = Table(show_header=False, box=None)
@@ -71,7 +102,9 @@ def print_merge_summary(result: MergeResult) -> None:
 @app.command()
 def merge(
     out: Annotated[Path, typer.Option("--out", help="Folder for the merged adapter.")],
-    sources: Annotated[Optional[list[str]], typer.Argument(help="PEFT LoRA adapter folders.", show_default=False)] = None,
+    sources: Annotated[
+        Optional[list[str]], typer.Argument(help="PEFT LoRA adapter folders or Hub ids org/name[@revision].", show_default=False)
+    ] = None,
     weights: Annotated[
         Optional[str],
         typer.Option("--weights", help="Comma-separated weights, one per adapter (default 1 each; may be negative)."),
@@ -94,6 +127,27 @@ def merge(
     allow_base_mismatch: Annotated[
         bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")
     ] = False,
+    push_to: PushToOption = None,
+    search: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--search",
+            help="Weight grid to score on --dev: NAME=0,0.5,1 (a source's folder name or position), NAME@0-4=0,1 "
+            "(a layer-range rule), or a grid .yaml; repeat for a cartesian product. The best is written to --out.",
+        ),
+    ] = None,
+    dev: Annotated[Optional[Path], typer.Option("--dev", help="Task JSONL dev set for --search (records carry lang).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Base model for --search (default: the adapters' base model).")
+    ] = None,
+    supervised: Annotated[
+        Optional[str], typer.Option("--supervised", help="--search: the task's training languages, e.g. en,fr.")
+    ] = None,
+    search_objective: Annotated[
+        str, typer.Option("--search-objective", help="--search picks the best mean over: all, transfer or supervised.")
+    ] = "all",
+    metric: Annotated[str, typer.Option("--metric", help="--search: exact, chrf or f1.")] = "exact",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="--search: longest answer in tokens.")] = 32,
     debug: DebugOption = False,
 ) -> None:
     """Combine PEFT LoRA adapters by weighted tensor arithmetic into one adapter, without the base model."""
@@ -107,7 +161,17 @@ def merge(
             "seed": seed,
             "allow_base_mismatch": allow_base_mismatch or None,
         }
+        check_push_target(push_to)
         merge_recipe = merge_recipe_from_flags(sources, recipe, overrides, weights, flags)
+        if search or dev is not None:
+            if not search or dev is None:
+                raise LoramergeError("--search and --dev go together: a weight grid and the dev set that scores it")
+            settings = SearchSettings(tuple(search), dev, model, supervised, search_objective, metric, max_new_tokens)
+            result = run_search_command(merge_recipe, settings, out, overwrite)
+            print_merge_summary(result)
+            if push_to is not None:
+                push_output(result.out, push_to)
+            return
         columns = (
             TextColumn("merging"),
             BarColumn(),
@@ -123,6 +187,8 @@ def merge(
 
             result = merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance)
         print_merge_summary(result)
+        if push_to is not None:
+            push_output(result.out, push_to)
 
     run_safely(debug, action)
 
@@ -131,17 +197,22 @@ app.command("train-align")(train_align)
 app.command("train-task")(train_task)
 app.command("models")(models)
 app.command("probe")(probe)
+app.command("push")(push)
+app.command(name="eval")(eval_command)
 app.add_typer(data_app, name="data")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("loramerge-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Smallest settings (CI).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The same pipeline on bundled:smollm2-135m with a few steps and items (~1 min, CI).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = True,
     debug: DebugOption = False,
 ) -> None:
-    """End-to-end example: make two adapters on a tiny model, merge them, check the merge against PEFT."""
+    """The method end to end on bundled:gemma-3-270m, offline: data from this machine's catalogs, train-align,
+    train-task, exact merge, per-language evaluation and retrieval probe, report.md (~10-15 min on 2 CPU cores)."""
     from loramerge.demo import run_demo
 
     run_safely(debug, lambda: run_demo(out, quick=quick, overwrite=overwrite, console=console))

@@ -1,4 +1,5 @@
-"""`loramerge models` (the bundled models and their cache state) and `loramerge data gettext` (parallel sentences)."""
+"""`loramerge models` (the bundled models and their cache state), `loramerge data gettext` (parallel sentences)
+and `loramerge data isocodes` (the cross-lingual demo task)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from loramerge import bundled
 from loramerge.cli_support import console, run_safely
 from loramerge.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, Extraction, FilterSettings, extract_gettext
 from loramerge.errors import LoramergeError
+from loramerge.isotask import DEFAULT_JSON_ROOT, KINDS, IsoTask, build_iso_task
+from loramerge.isotask import DEFAULT_SPLIT as ISO_SPLIT
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 
@@ -54,8 +57,12 @@ def models(debug: DebugOption = False) -> None:
     run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
 
 
+def comma_list(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
 def parse_langs(text: str) -> list[str]:
-    langs = [lang.strip() for lang in text.split(",") if lang.strip()]
+    langs = list(comma_list(text))
     if not langs:
         raise LoramergeError(f"--langs {text!r}: give comma-separated locale names, e.g. fr,de,ja,zh_CN")
     return langs
@@ -102,6 +109,9 @@ def gettext_pairs(
     multiway: Annotated[
         bool, typer.Option("--multiway", help="Keep only English sentences translated into every --langs language.")
     ] = False,
+    exclude: Annotated[
+        Optional[str], typer.Option("--exclude", help="Comma-separated catalog names to skip (globs), e.g. 'iso_*'.")
+    ] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each sentence).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
@@ -117,7 +127,7 @@ def gettext_pairs(
             out,
             root=root or DEFAULT_ROOT,
             split=split,
-            settings=FilterSettings(min_words=min_words, max_chars=max_chars),
+            settings=FilterSettings(min_words=min_words, max_chars=max_chars, exclude=comma_list(exclude)),
             multiway=multiway,
             seed=seed,
             overwrite=overwrite,
@@ -125,3 +135,49 @@ def gettext_pairs(
         print_extraction(extraction, time.perf_counter() - started)
 
     run_safely(debug, action)
+
+
+@data_app.command("isocodes")
+def isocodes_task(
+    supervised: Annotated[str, typer.Option("--supervised", help="Languages with training data, e.g. en,fr.")],
+    transfer: Annotated[str, typer.Option("--transfer", help="Languages seen only in dev/test, e.g. ru,zh_CN,ja,ko.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for train.jsonl, dev.jsonl and test.jsonl.")],
+    split: Annotated[str, typer.Option("--split", help="train:dev:test proportions by ISO entity.")] = ISO_SPLIT,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
+    iso_root: Annotated[Optional[Path], typer.Option("--iso-root", help="iso-codes JSON folder.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each entity).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """A cross-lingual task from the iso-codes tables: a country, language or currency name in language X -> its
+    ISO code as JSON ({"country": "DE"}); test and dev items are the same entities in every language."""
+
+    def action() -> None:
+        task = build_iso_task(
+            parse_langs(supervised),
+            list(comma_list(transfer)),
+            out,
+            split=split,
+            seed=seed,
+            locale_root=root or DEFAULT_ROOT,
+            json_root=iso_root or DEFAULT_JSON_ROOT,
+            overwrite=overwrite,
+        )
+        print_iso_task(task)
+
+    run_safely(debug, action)
+
+
+def print_iso_task(task: IsoTask) -> None:
+    langs = list(dict.fromkeys(lang for counts in task.counts.values() for lang in counts))
+    table = Table(title="iso-codes task records")
+    table.add_column("split")
+    for lang in langs:
+        table.add_column(lang, justify="right")
+    table.add_column("entities (country/language/currency)", justify="right")
+    for name, counts in task.counts.items():
+        kinds = "/".join(str(task.kinds[name].get(kind.name, 0)) for kind in KINDS)
+        table.add_row(name, *(str(counts.get(lang, "")) for lang in langs), f"{task.entities[name]} ({kinds})")
+    console.print(table)
+    for name, path in task.files.items():
+        console.print(f"{name}: {path}")

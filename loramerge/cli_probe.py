@@ -17,7 +17,8 @@ def probe(
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for probe.json and probe.png.")],
     adapter: Annotated[
-        Optional[list[str]], typer.Option("--adapter", help="PEFT adapter to compare with the base (repeatable).")
+        Optional[list[str]],
+        typer.Option("--adapter", help="PEFT adapter to compare with the base: PATH or NAME=PATH (repeatable)."),
     ] = None,
     langs: Annotated[
         Optional[str], typer.Option("--langs", help="Comma-separated target languages (default: all in the file).")

@@ -28,6 +28,9 @@ def quiet_libraries() -> None:
     disable_progress_bars()  # transformers reads this state when it is first imported
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # PEFT's save looks up the base model's config by name to see whether the vocabulary grew; for bundled:NAME
+    # there is nothing to look up (the vocabulary is the GGUF's, never resized by loramerge), so the warning is noise.
+    warnings.filterwarnings("ignore", message="Could not find a config file in bundled:", category=UserWarning)
 
 
 def debug_enabled(flag: bool) -> bool:

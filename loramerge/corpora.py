@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from fnmatch import fnmatch
 from pathlib import Path
 
 from loramerge.errors import LoramergeError, ProblemList
@@ -65,6 +66,7 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 class FilterSettings:
     min_words: int = 4  # of the English source; shorter strings are mostly menu labels ("Open File")
     max_chars: int = 200  # of source and translation; longer ones are help paragraphs
+    exclude: tuple[str, ...] = ()  # catalog names (fnmatch, no .mo) to skip, e.g. iso_* to keep a task's domain out
 
 
 def rule_rejection(text: str) -> str | None:
@@ -161,8 +163,9 @@ class LanguagePairs:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-def catalog_files(root: Path, lang: str) -> list[Path]:
-    return sorted((root / lang / "LC_MESSAGES").glob("*.mo"))
+def catalog_files(root: Path, lang: str, exclude: tuple[str, ...] = ()) -> list[Path]:
+    files = sorted((root / lang / "LC_MESSAGES").glob("*.mo"))
+    return [path for path in files if not any(fnmatch(path.stem, pattern) for pattern in exclude)]
 
 
 def available_languages(root: Path) -> list[str]:
@@ -170,7 +173,7 @@ def available_languages(root: Path) -> list[str]:
 
 
 def extract_language(root: Path, lang: str, settings: FilterSettings) -> LanguagePairs:
-    files = catalog_files(root, lang)
+    files = catalog_files(root, lang, settings.exclude)
     result = LanguagePairs(lang=lang, pairs={}, catalogs=len(files))
     candidates: dict[str, Counter[str]] = {}
     for path in files:

@@ -82,16 +82,29 @@ def task_loss(logits_or_output: torch.Tensor | Any, labels: torch.Tensor, reduct
     by their token counts. With no supervised token the mean is 0 (transformers returns NaN, which
     would poison the optimiser state), still attached to the graph.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"task_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
     logits = _logits_of(logits_or_output)
     # Shift the labels, not the logits: slicing logits[:, :-1] and flattening copies the whole
     # B x T x V tensor (and its gradient). Measured at V = 32000, 8 x 128 tokens: 380 ms -> 236 ms.
-    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].to(logits.device)
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    return token_loss(logits, targets, reduction)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits [B, T, V] against targets [B, T] already aligned with them (IGNORE_INDEX skipped)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"task_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    targets = targets.to(logits.device)
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     if reduction == "sum":
         return total
-    return total / supervised_tokens(labels).clamp(min=1)
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t whose logits predict a supervised token labels[:, t + 1] in any row: the only ones the LM head
+    needs to run on. Prompts are a large share of task tokens (about 40 % for the iso-codes demo task), and
+    on a 262k vocabulary the head costs as much as the whole rest of a 270M model."""
+    return ((labels[:, 1:] != IGNORE_INDEX).any(dim=0)).nonzero().flatten()
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,21 @@ ordinary forward and synchronises gradients for either kind of step.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 from loramerge.layer_exit import LayerExit
-from loramerge.losses import gather_with_grad, info_nce, mean_pool, supervised_tokens, task_loss
+from loramerge.losses import (
+    gather_with_grad,
+    info_nce,
+    mean_pool,
+    predicting_positions,
+    supervised_tokens,
+    task_loss,
+    token_loss,
+)
 from loramerge.train_recipe import AlignSettings
 
 TASK = "task"
@@ -61,15 +71,25 @@ class ObjectiveModel(nn.Module):
         self.model = model
         self.align = align
         self.exit = LayerExit(model, align_layer) if align_layer is not None else None
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.head_on_supervised_only = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def forward(
         self, objective: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         if objective == TASK:
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            return global_token_mean(task_loss(output, labels, reduction="sum"), supervised_tokens(labels))
+            return global_token_mean(self._task_loss_sum(input_ids, attention_mask, labels), supervised_tokens(labels))
         if objective == ALIGN and self.exit is not None:
             # Blocks from k up and the LM head never run: an alignment step costs about k/L of a task step.
             hidden = self.exit(input_ids, attention_mask)
             return alignment_loss(mean_pool(hidden, attention_mask, self.align.skip_first_token), self.align)
         raise ValueError(f"unknown objective {objective!r} for this model")
+
+    def _task_loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.head_on_supervised_only:  # a model whose forward cannot skip positions: full logits
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return task_loss(output, labels, reduction="sum")
+        # The LM head runs only where a supervised token is predicted (transformers' logits_to_keep takes indices).
+        positions = predicting_positions(labels)
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=positions)
+        return token_loss(output.logits, labels[:, positions.to(labels.device) + 1], reduction="sum")

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.cli_eval import parse_adapter_specs
 from loramerge.data import read_pairs_file
 from loramerge.errors import LoramergeError
 from loramerge.layer_exit import num_decoder_layers
@@ -75,15 +76,17 @@ def run_probe(settings: ProbeSettings, console: Console) -> dict[str, Any]:
     source = parse_model_spec(settings.model)
     tokenizer, model = load_tokenizer(source), load_causal_lm(source)
     layers = parse_layers(settings.layers, num_decoder_layers(model))
-    names: list[str | None] = [None]
-    if settings.adapters:
+    specs = parse_adapter_specs(list(settings.adapters))  # NAME=PATH or PATH (named after its folder)
+    names: list[str | None] = [None, *specs]
+    if specs:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, settings.adapters[0], adapter_name="adapter-1")
-        for index, adapter in enumerate(settings.adapters[1:], 2):
-            model.load_adapter(adapter, adapter_name=f"adapter-{index}")
-        names += [f"adapter-{i}" for i in range(1, len(settings.adapters) + 1)]
-    labels = ["base", *settings.adapters]
+        paths = iter(specs.items())
+        first, path = next(paths)
+        model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
+        for name, path in paths:
+            model.load_adapter(str(path), adapter_name=name)
+    labels = ["base", *specs]
     texts = table.sentences()
     total = sum(len(sentences) for sentences in texts.values()) * len(names)
     results: dict[str, Any] = {

@@ -51,11 +51,11 @@ def test_probe_command_scores_base_and_adapter(tiny_model_dir, example_data, mak
     )
     assert result.exit_code == 0, result.output
     probe = json.loads((out / "probe.json").read_text())
-    assert set(probe["variants"]) == {"base", str(adapter)}
+    assert set(probe["variants"]) == {"base", adapter.name}
     layer = probe["variants"]["base"]["layers"]["2"]
     assert set(layer["directions"]) == {"en->fr", "fr->en"} and layer["directions"]["en->fr"]["sentences"] == 8
     assert all(0.0 <= d[s] <= 1.0 for d in layer["directions"].values() for s in ("cosine", "margin"))
     assert len(probe["variants"]["base"]["layers"]) == 5  # embeddings + 4 blocks
     assert (out / "probe.png").stat().st_size > 1000
     # the adapter changes the representations, the base pass does not use it
-    assert probe["variants"]["base"] != probe["variants"][str(adapter)]
+    assert probe["variants"]["base"] != probe["variants"][adapter.name]
