@@ -6,7 +6,8 @@ per language group, over several seeds. The demo's data and recipes (recipes/dem
 
 Resumable: an adapter or evaluation already in --out is reused, so an interrupted run continues where it was.
 Writes OUT/quality.json and prints the markdown table that BENCHMARKS.md quotes. The test split is never used
-for any choice: merge weight 1.0 and all hyperparameters are fixed in advance (recipes/demo/).
+for any choice: the merge weight was chosen on the dev split (merge --search, BENCHMARKS.md) and all
+hyperparameters are fixed in advance (recipes/demo/).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from loramerge.cli_support import quiet_libraries
 from loramerge.demo import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
 from loramerge.demo_report import task_summary
 from loramerge.recipes import apply_override, validate_recipe
@@ -42,12 +44,15 @@ def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[st
     train_adapter(validate_recipe(TrainRecipe, data, f"{recipe_name} seed {seed}"), mode, out, overwrite=True)  # type: ignore[arg-type]
 
 
-def merged(seed: int) -> None:
+def merged(plan: DemoPlan, seed: int) -> None:
+    """recipes/demo/merge.yaml (its weights chosen on the dev split, never on test) on this seed's adapters."""
     from loramerge.merge import merge_adapters
 
     out = Path(f"seed{seed}/merged")
     if not (out / "adapter_model.safetensors").is_file():
-        recipe = {"sources": [{"path": f"seed{seed}/task"}, {"path": f"seed{seed}/align", "weight": 1.0}], "method": "cat"}
+        recipe = demo_recipe("merge", plan, {})
+        for source in recipe["sources"]:
+            source["path"] = source["path"].replace("adapters/", f"seed{seed}/")
         merge_adapters(recipe, out, overwrite=True)
 
 
@@ -95,6 +100,7 @@ def table(per_seed: dict[int, dict[str, dict[str, float | None]]]) -> str:
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--test-entities", type=int, default=50, help="test entities x 6 languages x 3 variants")
@@ -117,7 +123,7 @@ def main() -> None:
             train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed)
             joint_paths = {"data": "data/task/train.jsonl", "pairs": "data/pairs-train.jsonl"}
             train("joint", "joint", "task", plan, joint_paths, seed)
-            merged(seed)
+            merged(plan, seed)
             per_seed[seed] = task_summary(evaluate(plan, seed, console), plan)
         result = {
             "model": plan.model,

@@ -10,6 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def usual_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask; mkstemp/mkdtemp give 0600/0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def output_dir_problem(out: Path, overwrite: bool) -> str | None:
     """Why `out` cannot be written, or None."""
     if out.exists() and not out.is_dir():
@@ -28,9 +35,7 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the output the user's normal mode
+        staging.chmod(usual_mode(directory=True))  # mkdtemp makes 0700; give the output the user's normal mode
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

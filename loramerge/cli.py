@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from loramerge.cli_data import data_app, models
@@ -57,18 +57,24 @@ def merge_recipe_from_flags(
     return validate_recipe(MergeRecipe, data, str(recipe) if recipe else "arguments")
 
 
+def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
+    return (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+
+
+def run_merge_command(merge_recipe: MergeRecipe, out: Path, overwrite: bool) -> MergeResult:
+    with Progress(*progress_columns("merging"), console=console, transient=True) as progress:
+        task = progress.add_task("", total=None)
+
+        def advance(name: str) -> None:
+            progress.update(task, advance=1, description=name)
+
+        return merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance)
+
+
 def run_search_command(merge_recipe: MergeRecipe, settings: SearchSettings, out: Path, overwrite: bool) -> MergeResult:
     from loramerge.merge_search import search_and_merge
 
-    with Progress(
-        TextColumn("searching"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=True,
-    ) as progress:
+    with Progress(*progress_columns("searching"), console=console, transient=True) as progress:
         task = progress.add_task("", total=None)
 
         def announce(index: int, candidate: Any) -> None:
@@ -168,24 +174,8 @@ def merge(
                 raise LoramergeError("--search and --dev go together: a weight grid and the dev set that scores it")
             settings = SearchSettings(tuple(search), dev, model, supervised, search_objective, metric, max_new_tokens)
             result = run_search_command(merge_recipe, settings, out, overwrite)
-            print_merge_summary(result)
-            if push_to is not None:
-                push_output(result.out, push_to)
-            return
-        columns = (
-            TextColumn("merging"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-        )
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("", total=None)
-
-            def advance(name: str) -> None:
-                progress.update(task, advance=1, description=name)
-
-            result = merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance)
+        else:
+            result = run_merge_command(merge_recipe, out, overwrite)
         print_merge_summary(result)
         if push_to is not None:
             push_output(result.out, push_to)

@@ -25,6 +25,7 @@ from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
 
+from loramerge.atomic import usual_mode
 from loramerge.errors import LoramergeError, ProblemList
 
 DEFAULT_ROOT = Path("/usr/share/locale")
@@ -288,6 +289,7 @@ def write_jsonl_files(files: dict[Path, list[dict[str, str]]], overwrite: bool) 
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
             staged[path] = Path(name)
+            os.chmod(name, usual_mode(directory=False))  # mkstemp makes 0600; the data file is the user's to share
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         for path, temporary in staged.items():

@@ -64,3 +64,14 @@ def test_gettext_exclude_leaves_the_catalogs_out(tmp_path: Path, exclude: str) -
     kept = catalog_files(Path("/usr/share/locale"), "ja", (exclude,))
     assert any(path.stem.startswith("iso_") for path in files)
     assert kept and not any(path.stem.startswith("iso_") for path in kept)
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        task = build_iso_task(["en"], ["de"], tmp_path)
+    finally:
+        os.umask(umask)
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in task.files.values())
