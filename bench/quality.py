@@ -33,7 +33,7 @@ VARIANTS = ("task", "joint", "merged")
 GROUPS = ("supervised", "transfer (aligned)", "transfer (no alignment data)", "transfer")
 
 
-def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int) -> None:
+def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int, steps_factor: float) -> None:
     from loramerge.training import train_adapter
 
     out = Path(f"seed{seed}/{name}")
@@ -41,6 +41,7 @@ def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[st
         return
     data = demo_recipe(recipe_name, plan, paths)
     apply_override(data, f"seed={seed}")
+    data["max_steps"] = round(data["max_steps"] * steps_factor)  # the same ratios as the demo, longer
     train_adapter(validate_recipe(TrainRecipe, data, f"{recipe_name} seed {seed}"), mode, out, overwrite=True)  # type: ignore[arg-type]
 
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--test-entities", type=int, default=50, help="test entities x 6 languages x 3 variants")
     parser.add_argument("--out", type=Path, default=Path("bench-out/quality"))
+    parser.add_argument("--steps-factor", type=float, default=1.0, help="scale every recipe's max_steps (2.5: a larger run)")
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
@@ -119,16 +121,17 @@ def main() -> None:
         per_seed = {}
         for seed in seeds:
             console.rule(f"seed {seed} ({time.perf_counter() - started:.0f} s so far)")
-            train("align", "align", "align", plan, {"pairs": "data/pairs-train.jsonl"}, seed)
-            train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed)
+            train("align", "align", "align", plan, {"pairs": "data/pairs-train.jsonl"}, seed, options.steps_factor)
+            train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed, options.steps_factor)
             joint_paths = {"data": "data/task/train.jsonl", "pairs": "data/pairs-train.jsonl"}
-            train("joint", "joint", "task", plan, joint_paths, seed)
+            train("joint", "joint", "task", plan, joint_paths, seed, options.steps_factor)
             merged(plan, seed)
             per_seed[seed] = task_summary(evaluate(plan, seed, console), plan)
         result = {
             "model": plan.model,
             "seeds": seeds,
             "test_entities": options.test_entities,
+            "steps_factor": options.steps_factor,
             "per_seed": per_seed,
             "seconds": round(time.perf_counter() - started),
             "threads": os.environ.get("OMP_NUM_THREADS", "default"),
