@@ -105,6 +105,7 @@ def main() -> None:
         str(OUT / "multi-test.jsonl"),
         "--max-sentences",
         str(options.probe_sentences),
+        "--keep-first-token",  # how BENCHMARKS.md's runs 1 and 2 were probed (the CLI's default until 2026-11-25)
         "--out",
         str(OUT / "probe"),
         "--overwrite",

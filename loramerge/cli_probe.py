@@ -25,8 +25,12 @@ def probe(
     ] = None,
     layers: Annotated[str, typer.Option("--layers", help="'all' or comma-separated hidden_states indices.")] = "all",
     skip_first_token: Annotated[
-        bool, typer.Option("--skip-first-token/--keep-first-token", help="Pooling: leave out the first (BOS) token.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--skip-first-token/--keep-first-token",
+            help="Pooling: leave out the first (BOS) token, as the alignment loss does by default.",
+        ),
+    ] = True,
     max_sentences: Annotated[int, typer.Option("--max-sentences", help="Sentence groups to use, in file order.")] = 300,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,

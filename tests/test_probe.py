@@ -52,6 +52,7 @@ def test_probe_command_scores_base_and_adapter(tiny_model_dir, example_data, mak
     assert result.exit_code == 0, result.output
     probe = json.loads((out / "probe.json").read_text())
     assert set(probe["variants"]) == {"base", adapter.name}
+    assert probe["skip_first_token"] is True  # by default the probe pools as the alignment loss does
     layer = probe["variants"]["base"]["layers"]["2"]
     assert set(layer["directions"]) == {"en->fr", "fr->en"} and layer["directions"]["en->fr"]["sentences"] == 8
     assert all(0.0 <= d[s] <= 1.0 for d in layer["directions"].values() for s in ("cosine", "margin"))
