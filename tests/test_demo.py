@@ -61,3 +61,14 @@ def test_demo_refuses_an_output_that_is_a_file(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 2
     assert out.read_text() == "keep me"
+
+
+def test_the_report_says_which_way_retrieval_moved() -> None:
+    from loramerge.demo_report import retrieval_reading
+
+    def summary(base: float, align: float) -> dict:
+        return {"layer": 9, "variants": {"base": {"at_aligned_layer": base}, "align": {"at_aligned_layer": align}}}
+
+    assert "raises retrieval at layer 9 by 20.0 points" in retrieval_reading(summary(0.3, 0.5))
+    assert "lowers retrieval at layer 9 by 26.5 points" in retrieval_reading(summary(0.524, 0.259))
+    assert retrieval_reading({"layer": None, "variants": {}}) == ""
