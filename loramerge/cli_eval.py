@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from loramerge.cli_support import console, run_safely
+from loramerge.cli_support import comma_list, console, run_safely
 from loramerge.errors import LoramergeError
 
 BASE = "base"  # the variant name of the model without adapters
@@ -36,7 +36,7 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
 def parse_supervised(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    languages = [part.strip() for part in text.split(",") if part.strip()]
+    languages = list(comma_list(text))
     if not languages:
         raise LoramergeError(f"--supervised {text!r}: give comma-separated language codes, e.g. --supervised en,de")
     return languages

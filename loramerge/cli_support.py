@@ -57,6 +57,11 @@ def run_safely(debug: bool, action: Callable[[], Result]) -> Result:
         raise typer.Exit(INTERNAL_ERROR) from None
 
 
+def comma_list(text: str | None) -> tuple[str, ...]:
+    """'en, fr,,de' -> ('en', 'fr', 'de'): the non-empty, stripped parts of a comma-separated flag."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
 def parse_float_list(text: str, flag: str) -> list[float]:
     values = []
     for item in text.split(","):
