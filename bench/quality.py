@@ -23,18 +23,18 @@ from typing import Any
 
 from rich.console import Console
 
-from loramerge.cli_support import quiet_libraries
-from loramerge.demo import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
-from loramerge.demo_report import task_summary
+from loramerge.cli.support import quiet_libraries
+from loramerge.demo.report import task_summary
+from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
 from loramerge.recipes import apply_override, validate_recipe
-from loramerge.train_recipe import TrainRecipe
+from loramerge.train.recipe import TrainRecipe
 
 VARIANTS = ("task", "joint", "merged")
 GROUPS = ("supervised", "transfer (aligned)", "transfer (no alignment data)", "transfer")
 
 
 def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int, steps_factor: float) -> None:
-    from loramerge.training import train_adapter
+    from loramerge.train.run import train_adapter
 
     out = Path(f"seed{seed}/{name}")
     if (out / "adapter_model.safetensors").is_file():
@@ -47,7 +47,7 @@ def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[st
 
 def merged(plan: DemoPlan, seed: int) -> None:
     """recipes/demo/merge.yaml (its weights chosen on the dev split, never on test) on this seed's adapters."""
-    from loramerge.merge import merge_adapters
+    from loramerge.merge.engine import merge_adapters
 
     out = Path(f"seed{seed}/merged")
     if not (out / "adapter_model.safetensors").is_file():
@@ -58,7 +58,7 @@ def merged(plan: DemoPlan, seed: int) -> None:
 
 
 def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, Any]:
-    from loramerge.cli_eval import EvalSettings, run_eval
+    from loramerge.evaluate.run import EvalSettings, run_eval
 
     out = Path(f"seed{seed}/eval")
     if (out / "results.json").is_file():

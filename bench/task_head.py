@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from peft import get_peft_model
 
-from loramerge.cli_support import quiet_libraries
-from loramerge.data import collate_task, read_task_file
-from loramerge.isotask import build_iso_task
-from loramerge.models import load_causal_lm, load_tokenizer, parse_model_spec
-from loramerge.objectives import TASK, ObjectiveModel
-from loramerge.tokenization import tokenize_task
-from loramerge.train_recipe import TrainRecipe
-from loramerge.training import lora_config
+from loramerge.cli.support import quiet_libraries
+from loramerge.data.isocodes import build_iso_task
+from loramerge.data.records import collate_task, read_task_file
+from loramerge.data.tokenization import tokenize_task
+from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.train.objectives import TASK, ObjectiveModel
+from loramerge.train.recipe import TrainRecipe
+from loramerge.train.run import lora_config
 
 
 def main() -> None:

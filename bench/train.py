@@ -45,14 +45,14 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from loramerge.data import IGNORE_INDEX, TokenizedTask, collate_pairs, read_task_file
-from loramerge.examples import ALL_LINEAR, EXAMPLE_PAIRS, save_tiny_llama_with_tokenizer
-from loramerge.layer_exit import default_layer
-from loramerge.objectives import ALIGN, TASK, ObjectiveModel
-from loramerge.tokenization import tokenize_task
-from loramerge.train_loop import LoopState
-from loramerge.train_recipe import AlignSettings, LoraSettings, OptimizerSettings, TrainRecipe
-from loramerge.training import train_adapter
+from loramerge.data.records import IGNORE_INDEX, TokenizedTask, collate_pairs, read_task_file
+from loramerge.data.tokenization import tokenize_task
+from loramerge.models.layer_exit import default_layer
+from loramerge.testing.tiny import ALL_LINEAR, EXAMPLE_PAIRS, save_tiny_llama_with_tokenizer
+from loramerge.train.loop import LoopState
+from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
+from loramerge.train.recipe import AlignSettings, LoraSettings, OptimizerSettings, TrainRecipe
+from loramerge.train.run import train_adapter
 
 OUT = Path(__file__).resolve().parent / "out"
 # ~23 M parameters: big enough that matrix products, not Python overhead, dominate a step (as in real

@@ -9,8 +9,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from loramerge.errors import LoramergeError  # noqa: E402
-from loramerge.merge import MergeResult, merge_adapters  # noqa: E402
-from loramerge.merge_recipe import MergeRecipe  # noqa: E402
+from loramerge.merge.engine import MergeResult, merge_adapters  # noqa: E402
+from loramerge.merge.recipe import MergeRecipe  # noqa: E402
 
 __all__ = ["LoramergeError", "MergeRecipe", "MergeResult", "merge_adapters"]
 __version__ = "0.1.0"

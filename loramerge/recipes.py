@@ -6,6 +6,7 @@ Everything is validated together, and every problem is reported at once.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,3 +138,14 @@ def load_recipe(
 def dump_recipe(recipe: BaseModel) -> str:
     """The resolved recipe as YAML, to write next to every output."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+SHIPPED_RECIPES = "loramerge.shipped_recipes"  # the repository's recipes/ folder, carried in the wheel
+
+
+def shipped_recipe(group: str, name: str) -> Path:
+    """recipes/GROUP/NAME.yaml as installed with the package (a wheel or a checkout, editable or not)."""
+    path = Path(str(files(SHIPPED_RECIPES))) / group / f"{name}.yaml"
+    if not path.is_file():
+        raise LoramergeError(f"{path}: the shipped recipe {group}/{name}.yaml is missing; reinstall loramerge")
+    return path

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from loramerge.examples import ALL_LINEAR, make_random_adapter, save_tiny_llama
+from loramerge.testing.tiny import ALL_LINEAR, make_random_adapter, save_tiny_llama
 
 torch.set_num_threads(1)  # tests run in parallel workers on 2 cores; more threads only contend
 
@@ -75,7 +75,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
     """tiny_model_dir('llama' | 'qwen2' | 'gemma3') -> a model folder with a tokenizer, as train-* expect."""
     from transformers import AutoModelForCausalLM
 
-    from loramerge.examples import save_tiny_tokenizer
+    from loramerge.testing.tiny import save_tiny_tokenizer
     from tests.tiny_configs import CONFIGS
 
     root = tmp_path_factory.mktemp("trainable-models")
@@ -97,7 +97,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 @pytest.fixture(scope="session")
 def example_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """pairs.jsonl (en-fr), task.jsonl (fr -> en 'translation' records) and their dev copies."""
-    from loramerge.examples import EXAMPLE_PAIRS
+    from loramerge.testing.tiny import EXAMPLE_PAIRS
 
     root = tmp_path_factory.mktemp("data")
     pairs = [{"source": s, "target": t, "source_lang": "en", "target_lang": "fr"} for s, t in EXAMPLE_PAIRS]
@@ -114,7 +114,7 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory):
     tests use it. Tests that need it share the xdist group "smollm2", so one worker converts once."""
     import os
 
-    from loramerge import bundled
+    from loramerge.models import bundled
 
     model = bundled.MODELS["smollm2-135m"]
     if bundled.missing_modules(model):

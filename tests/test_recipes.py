@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from loramerge.errors import LoramergeError
-from loramerge.layer_weights import interpolate, layer_index, module_weight, parse_layer_range
-from loramerge.merge_recipe import MergeRecipe
+from loramerge.merge.layer_weights import interpolate, layer_index, module_weight, parse_layer_range
+from loramerge.merge.recipe import MergeRecipe
 from loramerge.recipes import apply_override, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from loramerge.examples import TINY_LLAMA
+from loramerge.testing.tiny import TINY_LLAMA
 
 # hidden 64, 4 layers, 4 query heads and 2 key/value heads (GQA), vocab 128, intermediate 96.
 SHAPE = dict(TINY_LLAMA)

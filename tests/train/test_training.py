@@ -1,0 +1,275 @@
+"""The shared trainer on tiny random models: behaviour, not internals."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from loramerge.cli.app import app
+from loramerge.recipes import load_recipe
+from loramerge.testing.tiny import load_model
+from loramerge.train.recipe import TrainRecipe
+from loramerge.train.run import train_adapter
+from tests.helpers import leftovers
+
+TINY = "recipes/tiny/tiny-{}.yaml"
+
+
+def recipe(kind: str, **flags) -> TrainRecipe:
+    return load_recipe(TrainRecipe, __import__("pathlib").Path(TINY.format(kind)), flags=flags)
+
+
+def adapter_tensors(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def align_args(model_dir, pairs, *extra: str) -> list[str]:
+    """train-align on the tiny recipe for 2 steps."""
+    return [
+        "train-align",
+        "--model",
+        str(model_dir),
+        "--pairs",
+        str(pairs),
+        "--recipe",
+        TINY.format("align"),
+        "--max-steps",
+        "2",
+        *extra,
+    ]
+
+
+def adapter_layers(folder) -> set[int]:
+    return {int(key.split(".layers.")[1].split(".")[0]) for key in adapter_tensors(folder)}
+
+
+def losses(folder, key: str) -> list[float]:
+    return [
+        row[key]
+        for row in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        if key in row and "final" not in row
+    ]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])
+def test_alignment_loss_falls_and_only_lower_layers_get_lora(tiny_model_dir, example_data, tmp_path, architecture):
+    model_dir = tiny_model_dir(architecture)
+    out = tmp_path / "align"
+    result = train_adapter(recipe("align", model=str(model_dir), pairs=str(example_data["pairs"]), max_steps=16), "align", out)
+    values = losses(out, "align_loss")
+    assert all(torch.isfinite(torch.tensor(values))) and values[-1] < values[0]
+    assert adapter_layers(out) == {0, 1}  # k = round(4 / 2) = 2: blocks 0 and 1 feed hidden_states[2]
+    assert result.metrics["align_loss"] == pytest.approx(values[-1])
+
+
+def test_task_training_changes_only_lora_and_loads_in_peft(tiny_model_dir, example_data, tmp_path):
+    from peft import PeftModel
+
+    model_dir = tiny_model_dir("llama")
+    out = tmp_path / "task"
+    train_adapter(recipe("task", model=str(model_dir), data=str(example_data["task"]), max_steps=16), "task", out)
+    values = losses(out, "task_loss")
+    assert values[-1] < values[0]
+    base = load_model(model_dir)
+    before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    peft_model = PeftModel.from_pretrained(base, str(out))
+    after = peft_model.base_model.model.state_dict()
+    for name, tensor in before.items():  # the frozen base is untouched by loading
+        key = name.replace(".weight", ".base_layer.weight") if f"{name.rsplit('.', 1)[0]}.base_layer.weight" in after else name
+        assert torch.equal(after[key], tensor), name
+    trained = adapter_tensors(out)
+    assert all(".lora_" in key for key in trained) and any(t.abs().sum() > 0 for k, t in trained.items() if "lora_B" in k)
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "recipe.yaml", "metrics.jsonl"} <= names
+    assert leftovers(tmp_path) == [] and not (tmp_path / "task.run").exists()
+
+
+def test_joint_training_alternates_as_configured(tiny_model_dir, example_data, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    settings = recipe(
+        "joint", model=str(model_dir), data=str(example_data["task"]), pairs=str(example_data["pairs"]), max_steps=9
+    )
+    settings.task_per_align = [2, 1]
+    result = train_adapter(settings, "task", tmp_path / "joint")
+    assert result.state.micro_batches == {"task": 6, "align": 3}
+    assert {"task_loss", "align_loss"} <= set(result.metrics)
+    # joint adapters cover every layer: the task loss reaches all blocks
+    assert adapter_layers(tmp_path / "joint") == {0, 1, 2, 3}
+
+
+def test_eval_sets_are_scored(tiny_model_dir, example_data, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    settings = recipe(
+        "joint",
+        model=str(model_dir),
+        data=str(example_data["task"]),
+        pairs=str(example_data["pairs"]),
+        eval_data=str(example_data["dev_task"]),
+        eval_pairs=str(example_data["dev_pairs"]),
+        eval_every=2,
+        max_steps=4,
+    )
+    result = train_adapter(settings, "task", tmp_path / "joint")
+    assert {"eval_task_loss", "eval_align_loss", "eval_align_batch_accuracy"} <= set(result.metrics)
+    assert len(losses(tmp_path / "joint", "eval_task_loss")) == 2  # steps 2 and 4
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, example_data, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    settings = dict(model=str(model_dir), data=str(example_data["task"]), pairs=str(example_data["pairs"]), max_steps=8)
+    settings_with_dropout = {**settings, "lora.dropout": 0.1}  # dropout draws random numbers: RNG state must resume too
+    straight = train_adapter(recipe("joint", **settings_with_dropout), "task", tmp_path / "straight")
+    assert straight.out is not None
+
+    def press_ctrl_c(state) -> None:
+        if state.step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "resumed"
+    stopped = train_adapter(recipe("joint", **settings_with_dropout), "task", out, on_step=press_ctrl_c)
+    assert stopped.out is None and stopped.state.step == 3 and not out.exists()
+    assert (tmp_path / "resumed.run" / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = train_adapter(recipe("joint", **settings_with_dropout), "task", out, resume=True)
+    assert resumed.state.step == 8
+    expected, actual = adapter_tensors(tmp_path / "straight"), adapter_tensors(out)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.allclose(actual[key], expected[key], atol=1e-6), key
+
+
+def test_bad_data_is_reported_with_file_and_line(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\nnot json\n')
+    result = CliRunner().invoke(
+        app, ["train-task", "--model", str(tiny_model_dir("llama")), "--data", str(bad), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and f"{bad}:2" in line and f"{bad}:3" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_rejects_missing_inputs(tmp_path):
+    result = CliRunner().invoke(app, ["train-align", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "no model" in result.stderr and "--pairs" in result.stderr
+
+
+def test_every_shipped_training_recipe_validates():
+    from pathlib import Path
+
+    recipes = sorted(Path("recipes").glob("paper/*-*.yaml")) + sorted(Path("recipes").glob("tiny/*.yaml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        if path.name != "paper-common.yaml":
+            load_recipe(TrainRecipe, path)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_dir, example_data, tmp_path):
+    """torchrun with two gloo workers (2 x 2 examples) against one process with 4: gathered negatives,
+    the global token mean and DDP's gradient average must give the same adapter."""
+    import os
+    import subprocess
+    import sys
+
+    common = [
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(example_data["task"]),
+        "--pairs",
+        str(example_data["pairs"]),
+        "--recipe",
+        TINY.format("joint"),
+        "--max-steps",
+        "6",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "loramerge",
+            "train-task",
+            *common,
+            "--set",
+            "batch_size=2",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "loramerge", "train-task", *common, "--set", "batch_size=4", "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    expected, actual = adapter_tensors(tmp_path / "one"), adapter_tensors(tmp_path / "two")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.allclose(actual[key], expected[key], atol=1e-5), key
+    assert two.stderr.count("adapter written to") == 1  # only the main process reports
+
+
+def test_gradient_checkpointing_with_joint_training(tiny_model_dir, example_data, tmp_path):
+    settings = recipe(
+        "joint",
+        model=str(tiny_model_dir("gemma3")),
+        data=str(example_data["task"]),
+        pairs=str(example_data["pairs"]),
+        gradient_checkpointing=True,
+        max_steps=4,
+    )
+    result = train_adapter(settings, "task", tmp_path / "joint")
+    assert result.out is not None and {"task_loss", "align_loss"} <= set(result.metrics)
+
+
+def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
+    args = align_args(tiny_model_dir("qwen2"), example_data["pairs"])
+    result = CliRunner().invoke(app, [*args, "--layer", "1", "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    assert adapter_layers(tmp_path / "one") == {0}
+    assert "  layer: 1\n" in (tmp_path / "one" / "recipe.yaml").read_text()  # the resolved recipe records the flag
+    too_deep = CliRunner().invoke(app, [*args, "--layer", "4", "--out", str(tmp_path / "deep")])
+    assert too_deep.exit_code == 2 and "between 1 and 3" in too_deep.stderr
+
+
+def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_data, tmp_path):
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--layer", "auto")
+    missing = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-dev")])
+    assert missing.exit_code == 2 and "eval_pairs" in missing.stderr
+    result = CliRunner().invoke(app, [*args, "--set", f"eval_pairs={example_data['dev_pairs']}", "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    chosen = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())["align"]["layer"]
+    assert isinstance(chosen, int) and 1 <= chosen <= 3
+    assert adapter_layers(tmp_path / "auto") == set(range(chosen))
+
+
+def test_an_unfinished_run_is_not_silently_mixed_into_a_new_one(tiny_model_dir, example_data, tmp_path):
+    out = tmp_path / "align"
+    (tmp_path / "align.run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "align.run" / "metrics.jsonl").write_text('{"step": 99}\n')
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(out))
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
