@@ -1,13 +1,22 @@
-"""Outputs appear complete or not at all: build in a staging folder beside the target, then rename."""
+"""Outputs appear complete or not at all: build in a staging folder beside the target, then rename.
+
+A replace is two renames (`out` -> `.out.previous-X`, then `.out.partial-Y` -> `out`); a kill between them
+leaves no `out`. `recover_interrupted_replace` repairs that on the next run: it puts the old output back, or
+removes what a finished replace or an unfinished run left behind. Files and folders are fsync'ed before the
+rename that publishes them, so a power cut cannot publish a folder whose files are still empty.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from loramerge.faults import crash_point
 
 
 def usual_mode(directory: bool) -> int:
@@ -37,23 +46,70 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     try:
         staging.chmod(usual_mode(directory=True))  # mkdtemp makes 0700; give the output the user's normal mode
         yield staging
+        replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    replace_directory(staging, out)
+
+
+def fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Every file and folder below `folder`, then `folder` itself, on disk."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
 
 
 def replace_directory(staging: Path, out: Path) -> None:
     """Move `staging` to `out`; an existing `out` is set aside first and restored if the move fails."""
+    fsync_tree(staging)
     if not out.exists():
         staging.rename(out)
+        fsync_path(out.parent)
         return
     backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
     backup.rmdir()
     out.rename(backup)
     try:
+        crash_point("replace:between-renames")
         staging.rename(out)
-    except BaseException:
-        backup.rename(out)
+    except BaseException:  # Ctrl-C included: put the old output back before anything else
+        if not out.exists():
+            backup.rename(out)
         raise
+    fsync_path(out.parent)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def leftovers(out: Path, kind: str) -> list[Path]:
+    """`.OUT.partial-*` or `.OUT.previous-*` beside `out`, oldest first."""
+    found = [Path(p) for p in glob.glob(str(out.parent / f".{glob.escape(out.name)}.{kind}-*"))]
+    return sorted((p for p in found if p.is_dir()), key=lambda p: p.stat().st_mtime)
+
+
+def recover_interrupted_replace(out: Path) -> list[str]:
+    """Repair what an interrupted run left beside `out`; returns one line per action, for the user.
+
+    Only safe while this process owns `out` (loramerge.output_lock): a live run's staging folder looks the same.
+    """
+    notes = []
+    previous = leftovers(out, "previous")
+    if previous and not out.exists():
+        newest = previous.pop()  # the output that was in place when the last replace began
+        newest.rename(out)
+        notes.append(f"restored {out} from {newest.name}, set aside by a replace that was interrupted")
+    for folder in previous:
+        shutil.rmtree(folder, ignore_errors=True)
+        notes.append(f"removed {folder.name}: the old output of a replace that completed")
+    for folder in leftovers(out, "partial"):
+        shutil.rmtree(folder, ignore_errors=True)
+        notes.append(f"removed {folder.name}: the unfinished output of an interrupted run")
+    return notes

@@ -10,11 +10,11 @@ def comma_list(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
-def parse_float_list(text: str, flag: str) -> list[float]:
+def parse_float_list(text: str, flag: str, example: str = "1.0,0.5") -> list[float]:
     values = []
     for item in text.split(","):
         try:
             values.append(float(item))
         except ValueError:
-            raise LoramergeError(f"{flag} {text!r}: {item.strip()!r} is not a number; expected e.g. {flag} 1.0,0.5") from None
+            raise LoramergeError(f"{flag} {text!r}: {item.strip()!r} is not a number; expected e.g. {flag} {example}") from None
     return values

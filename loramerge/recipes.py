@@ -95,14 +95,16 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None
             container = container[key]
 
 
-def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
+def format_validation_error(exc: ValidationError, origin: str, given_by: dict[str, str] | None = None) -> list[str]:
+    """One line per problem, blaming what gave the key: the recipe file, or the --set or flag that set it."""
     problems = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against the recipe reference in README.md"
-        problems.append(f"{origin}: {location}: {message}")
+        source = (given_by or {}).get(location)
+        problems.append(f"{source}: {message}" if source else f"{origin}: {location}: {message}")
     return problems
 
 
@@ -114,11 +116,23 @@ def recipe_data(path: Path | None, overrides: list[str] | None = None) -> dict[s
     return data
 
 
-def validate_recipe(schema: type[Schema], data: dict[str, Any], origin: str) -> Schema:
+def validate_recipe(schema: type[Schema], data: dict[str, Any], origin: str, given_by: dict[str, str] | None = None) -> Schema:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise LoramergeError(format_validation_error(exc, origin)) from exc
+        raise LoramergeError(format_validation_error(exc, origin, given_by)) from exc
+
+
+def override_origins(overrides: list[str] | None, flags: dict[str, Any] | None = None) -> dict[str, str]:
+    """dotted key -> the command-line text that set it, so an error names the flag, not the recipe file."""
+    origins = {}
+    for assignment in overrides or []:
+        dotted = assignment.split("=", 1)[0].strip()
+        origins[".".join(part for part in dotted.split(".") if part)] = f"--set {assignment}"
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            origins[dotted] = f"--{dotted.replace('_', '-').rsplit('.', 1)[-1]} {value}"
+    return origins
 
 
 def load_recipe(
@@ -132,7 +146,8 @@ def load_recipe(
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_path(data, dotted, value, f"flag {dotted}")
-    return validate_recipe(schema, data, str(path) if path is not None else "recipe")
+    origin = str(path) if path is not None else "arguments"
+    return validate_recipe(schema, data, origin, override_origins(overrides, flags))
 
 
 def dump_recipe(recipe: BaseModel) -> str:

@@ -20,7 +20,7 @@ from loramerge.merge.engine import MergeResult, merge_adapters
 from loramerge.merge.recipe import MergeRecipe
 from loramerge.merge.search import SearchSettings
 from loramerge.parsing import parse_float_list
-from loramerge.recipes import recipe_data, validate_recipe
+from loramerge.recipes import override_origins, recipe_data, validate_recipe
 
 app = typer.Typer(
     name="loramerge",
@@ -55,7 +55,7 @@ def merge_recipe_from_flags(
             if isinstance(source, dict):
                 source["weight"] = value
     data.update({key: value for key, value in flags.items() if value is not None})
-    return validate_recipe(MergeRecipe, data, str(recipe) if recipe else "arguments")
+    return validate_recipe(MergeRecipe, data, str(recipe) if recipe else "arguments", override_origins(overrides, flags))
 
 
 def progress_columns(label: str) -> tuple[ProgressColumn, ...]:

@@ -59,10 +59,10 @@ def models(debug: DebugOption = False) -> None:
     run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
 
 
-def parse_langs(text: str) -> list[str]:
+def parse_langs(text: str, flag: str = "--langs") -> list[str]:
     langs = list(comma_list(text))
     if not langs:
-        raise LoramergeError(f"--langs {text!r}: give comma-separated locale names, e.g. fr,de,ja,zh_CN")
+        raise LoramergeError(f"{flag} {text!r}: give comma-separated locale names, e.g. {flag} fr,de,ja,zh_CN")
     return langs
 
 
@@ -125,7 +125,7 @@ def isocodes_task(
 
     def action() -> None:
         task = build_iso_task(
-            parse_langs(supervised),
+            parse_langs(supervised, "--supervised"),
             list(comma_list(transfer)),
             out,
             split=split,

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -46,6 +47,8 @@ def run_safely(debug: bool, action: Callable[[], Result]) -> Result:
             raise
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise typer.Exit(USAGE_ERROR) from None
+    except (typer.Exit, click.exceptions.Exit):  # a command's own exit code (130 after a saved checkpoint): not an error
+        raise
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         raise typer.Exit(130) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -38,6 +40,12 @@ def parse_layer(layer: str | None) -> int | str | None:
     return int(layer)
 
 
+def resume_command() -> str:
+    """This very command line with --resume (and without --overwrite, which would start over)."""
+    arguments = [argument for argument in sys.argv[1:] if argument not in ("--resume", "--overwrite")]
+    return shlex.join(["loramerge", *arguments, "--resume"])
+
+
 def run_training(
     mode: str,
     recipe_path: Path | None,
@@ -64,7 +72,10 @@ def run_training(
     table.add_row("optimizer steps", str(result.state.step))
     console.print(table)
     if result.out is None:
-        console.print(f"[yellow]interrupted:[/yellow] checkpoint saved in {result.run_dir}; rerun the same command with --resume")
+        print(
+            f"interrupted at step {result.state.step}: checkpoint saved in {result.run_dir}; continue with: {resume_command()}",
+            file=sys.stderr,
+        )
         raise typer.Exit(130)
     console.print(f"adapter written to {result.out}")
     if push_to is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from loramerge.atomic import usual_mode
 from loramerge.errors import LoramergeError, ProblemList
+from loramerge.output_lock import output_lock
 
 DEFAULT_ROOT = Path("/usr/share/locale")
 SOURCE_LANG = "en"
@@ -318,23 +319,31 @@ def extract_gettext(
     seed: int = 0,
     overwrite: bool = False,
 ) -> Extraction:
-    fractions = parse_split(split)
-    if settings.min_words < 0 or settings.max_chars < 1:
-        raise LoramergeError("--min-words must be >= 0 and --max-chars >= 1")
-    langs = list(dict.fromkeys(langs))  # drop repeats, keep order
-    check_languages(root, langs)
-    languages = [extract_language(root, lang, settings) for lang in langs]
-    if multiway:
-        keep_multiway(languages)
-    empty = [language.lang for language in languages if not language.pairs]
-    if empty:
-        why = "no source sentence is translated into all of them (--multiway)" if multiway else "every string was filtered out"
-        raise LoramergeError(
-            f"no pairs for {', '.join(empty)}: {why}; try fewer languages or a lower --min-words (now {settings.min_words})"
-        )
-    records = split_records(languages, fractions, seed)
-    paths = split_paths(out, records)
-    write_jsonl_files({paths[name]: rows for name, rows in records.items()}, overwrite)
-    counts = {name: dict(Counter(row["target_lang"] for row in rows)) for name, rows in records.items()}
-    sources = {name: len({row["source"] for row in rows}) for name, rows in records.items()}
-    return Extraction(languages=languages, counts=counts, sources=sources, files=paths)
+    with output_lock(out):
+        if out.is_dir():
+            raise LoramergeError(
+                f"--out {out}: is a folder; --out names the pairs file, e.g. {out / 'pairs.jsonl'} "
+                "(with --split the splits go beside it: pairs-train.jsonl, pairs-dev.jsonl, pairs-test.jsonl)"
+            )
+        fractions = parse_split(split)
+        if settings.min_words < 0 or settings.max_chars < 1:
+            raise LoramergeError("--min-words must be >= 0 and --max-chars >= 1")
+        langs = list(dict.fromkeys(langs))  # drop repeats, keep order
+        check_languages(root, langs)
+        languages = [extract_language(root, lang, settings) for lang in langs]
+        if multiway:
+            keep_multiway(languages)
+        empty = [language.lang for language in languages if not language.pairs]
+        if empty:
+            why = (
+                "no source sentence is translated into all of them (--multiway)" if multiway else "every string was filtered out"
+            )
+            raise LoramergeError(
+                f"no pairs for {', '.join(empty)}: {why}; try fewer languages or a lower --min-words (now {settings.min_words})"
+            )
+        records = split_records(languages, fractions, seed)
+        paths = split_paths(out, records)
+        write_jsonl_files({paths[name]: rows for name, rows in records.items()}, overwrite)
+        counts = {name: dict(Counter(row["target_lang"] for row in rows)) for name, rows in records.items()}
+        sources = {name: len({row["source"] for row in rows}) for name, rows in records.items()}
+        return Extraction(languages=languages, counts=counts, sources=sources, files=paths)

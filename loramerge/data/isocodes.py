@@ -19,8 +19,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from loramerge.atomic import atomic_directory, output_dir_problem
 from loramerge.data.corpora import DEFAULT_ROOT, SOURCE_LANG, parse_split, read_mo, split_of, write_jsonl_files
 from loramerge.errors import LoramergeError, ProblemList
+from loramerge.output_lock import output_lock
 
 DEFAULT_JSON_ROOT = Path("/usr/share/iso-codes/json")
 DEFAULT_SPLIT = "60:10:30"  # by entity: ~370 train entities, ~60 dev, ~180 test (614 entities in all)
@@ -124,39 +126,45 @@ def build_iso_task(
     """Write <out>/train.jsonl (train entities in the supervised languages only), dev.jsonl and test.jsonl (their
     entities in every language, the same entities in each: parallel). An entity belongs to one split (a seeded
     hash of its kind and code), and dev/test keep only entities named in every language."""
-    fractions = parse_split(split)
-    langs = list(dict.fromkeys([*supervised, *transfer]))
-    names = {lang: translated_names(locale_root, lang) for lang in langs if lang != SOURCE_LANG}
-    check_languages(supervised, transfer, names, locale_root)
-    entities = read_entities(json_root)
+    with output_lock(out):
+        if (problem := output_dir_problem(out, overwrite)) is not None:
+            raise LoramergeError(problem)
+        fractions = parse_split(split)
+        langs = list(dict.fromkeys([*supervised, *transfer]))
+        names = {lang: translated_names(locale_root, lang) for lang in langs if lang != SOURCE_LANG}
+        check_languages(supervised, transfer, names, locale_root)
+        entities = read_entities(json_root)
 
-    def name_in(entity: Entity, lang: str) -> str | None:
-        return entity.name if lang == SOURCE_LANG else names[lang][entity.kind].get(entity.name)
+        def name_in(entity: Entity, lang: str) -> str | None:
+            return entity.name if lang == SOURCE_LANG else names[lang][entity.kind].get(entity.name)
 
-    records: dict[str, list[dict[str, str]]] = {name: [] for name, fraction in fractions.items() if fraction > 0}
-    kinds: dict[str, Counter[str]] = {name: Counter() for name in records}
-    for entity in sorted(entities, key=lambda e: e.key):
-        part = split_of(entity.key, fractions, seed)
-        split_langs = supervised if part == "train" else langs
-        local = {lang: name_in(entity, lang) for lang in split_langs}
-        if part != "train" and not all(local.values()):
-            continue  # parallel evaluation: an entity missing in one language leaves every language
-        rows = [
-            {"id": entity.key, "lang": lang, "prompt": prompt_text(name), "completion": answer_text(entity)}
-            for lang, name in local.items()
-            if name
-        ]
-        if rows:
-            kinds[part][entity.kind] += 1
-            records[part] += rows
-    empty = [name for name, rows in records.items() if not rows]
-    if empty:
-        raise LoramergeError(f"no {', '.join(empty)} items for these languages; widen --split or choose better-covered languages")
-    files = {name: out / f"{name}.jsonl" for name in records}
-    write_jsonl_files({files[name]: rows for name, rows in records.items()}, overwrite)
-    return IsoTask(
-        counts={name: dict(Counter(row["lang"] for row in rows)) for name, rows in records.items()},
-        entities={name: sum(kinds[name].values()) for name in records},
-        kinds={name: dict(kinds[name]) for name in records},
-        files=files,
-    )
+        records: dict[str, list[dict[str, str]]] = {name: [] for name, fraction in fractions.items() if fraction > 0}
+        kinds: dict[str, Counter[str]] = {name: Counter() for name in records}
+        for entity in sorted(entities, key=lambda e: e.key):
+            part = split_of(entity.key, fractions, seed)
+            split_langs = supervised if part == "train" else langs
+            local = {lang: name_in(entity, lang) for lang in split_langs}
+            if part != "train" and not all(local.values()):
+                continue  # parallel evaluation: an entity missing in one language leaves every language
+            rows = [
+                {"id": entity.key, "lang": lang, "prompt": prompt_text(name), "completion": answer_text(entity)}
+                for lang, name in local.items()
+                if name
+            ]
+            if rows:
+                kinds[part][entity.kind] += 1
+                records[part] += rows
+        empty = [name for name, rows in records.items() if not rows]
+        if empty:
+            raise LoramergeError(
+                f"no {', '.join(empty)} items for these languages; widen --split or choose better-covered languages"
+            )
+        with atomic_directory(out) as staging:  # the three files appear together, replacing the old folder whole
+            write_jsonl_files({staging / f"{name}.jsonl": rows for name, rows in records.items()}, overwrite=True)
+        files = {name: out / f"{name}.jsonl" for name in records}
+        return IsoTask(
+            counts={name: dict(Counter(row["lang"] for row in rows)) for name, rows in records.items()},
+            entities={name: sum(kinds[name].values()) for name in records},
+            kinds={name: dict(kinds[name]) for name in records},
+            files=files,
+        )

@@ -29,6 +29,7 @@ from rich.console import Console
 from loramerge.atomic import atomic_directory, output_dir_problem
 from loramerge.demo.plan import FULL, QUICK, DemoPlan
 from loramerge.errors import LoramergeError
+from loramerge.output_lock import output_lock
 
 
 @contextmanager
@@ -180,29 +181,30 @@ def probe(plan: DemoPlan, console: Console) -> dict[str, Any]:
 def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
     from loramerge.demo.report import demo_results, write_report
 
-    if (problem := output_dir_problem(out, overwrite)) is not None:
-        raise LoramergeError(problem)
-    plan = QUICK if quick else FULL
-    steps = Steps(console, total=7)
-    with atomic_directory(out) as staging, working_directory(staging):
-        steps.start("data", "data: iso-codes task and gettext sentence pairs from this machine's catalogs")
-        data = build_data(plan, console)
-        steps.start("train-align", f"train-align on {plan.model}: en <-> {', '.join(plan.aligned)} UI sentences")
-        align = train("align", "align", plan, {"pairs": "data/pairs-train.jsonl"})
-        steps.start("train-task", f"train-task: {', '.join(plan.supervised)} names only")
-        task = train("task", "task", plan, {"data": "data/task/train.jsonl"})
-        steps.start("merge", "merge task + alignment adapters (exact)")
-        merged = merge(plan)
-        steps.start("eval", "evaluate base, task-only and merged in every language")
-        evaluation = evaluate(plan, console)
-        steps.start("probe", "probe per-layer cross-lingual retrieval: base, alignment, merged")
-        layer = align["align_layer"]
-        retrieval = probe(plan, console)
-        steps.start("report", "report")
-        seconds = steps.finish()
-        results = demo_results(plan, data, align, task, merged, evaluation, retrieval, layer, steps.seconds, seconds)
-        write_report(results, Path("."))
-        shutil.copy("eval/scores.png", "scores.png")
-        shutil.copy("probe/probe.png", "retrieval.png")
-    console.print(f"report: {out / 'report.md'}  (results.json, scores.png, retrieval.png, adapters/, recipes/ beside it)")
-    return out
+    with output_lock(out):
+        if (problem := output_dir_problem(out, overwrite)) is not None:
+            raise LoramergeError(problem)
+        plan = QUICK if quick else FULL
+        steps = Steps(console, total=7)
+        with atomic_directory(out) as staging, working_directory(staging):
+            steps.start("data", "data: iso-codes task and gettext sentence pairs from this machine's catalogs")
+            data = build_data(plan, console)
+            steps.start("train-align", f"train-align on {plan.model}: en <-> {', '.join(plan.aligned)} UI sentences")
+            align = train("align", "align", plan, {"pairs": "data/pairs-train.jsonl"})
+            steps.start("train-task", f"train-task: {', '.join(plan.supervised)} names only")
+            task = train("task", "task", plan, {"data": "data/task/train.jsonl"})
+            steps.start("merge", "merge task + alignment adapters (exact)")
+            merged = merge(plan)
+            steps.start("eval", "evaluate base, task-only and merged in every language")
+            evaluation = evaluate(plan, console)
+            steps.start("probe", "probe per-layer cross-lingual retrieval: base, alignment, merged")
+            layer = align["align_layer"]
+            retrieval = probe(plan, console)
+            steps.start("report", "report")
+            seconds = steps.finish()
+            results = demo_results(plan, data, align, task, merged, evaluation, retrieval, layer, steps.seconds, seconds)
+            write_report(results, Path("."))
+            shutil.copy("eval/scores.png", "scores.png")
+            shutil.copy("probe/probe.png", "retrieval.png")
+        console.print(f"report: {out / 'report.md'}  (results.json, scores.png, retrieval.png, adapters/, recipes/ beside it)")
+        return out

@@ -20,6 +20,7 @@ from typing import Any
 from loramerge.data.records import TaskRecord
 from loramerge.data.tokenization import prompt_ids
 from loramerge.errors import LoramergeError
+from loramerge.evaluate.adapter_check import check_adapter_fits, check_adapter_folder
 from loramerge.evaluate.generation import check_settings, generate_greedy, stop_ids
 from loramerge.evaluate.metrics import UNDETERMINED, LanguageScore, Metric, get_metric, group_means, language_scores
 from loramerge.models.loading import DTYPES, load_causal_lm, load_tokenizer, parse_model_spec
@@ -76,12 +77,6 @@ def score_predictions(metric: Metric, records: list[TaskRecord], texts: list[str
     return VariantScores(metric.name, languages, predictions, seconds)
 
 
-def check_adapter_folder(path: Path) -> None:
-    if not (path / "adapter_config.json").is_file():
-        problem = "has no adapter_config.json" if path.is_dir() else "not found"
-        raise LoramergeError(f"adapter {path}: {problem}; pass a PEFT adapter folder (saved with save_pretrained)")
-
-
 class Evaluator:
     """The base model and its tokenizer, loaded once; adapters are added, removed and switched by name."""
 
@@ -118,6 +113,7 @@ class Evaluator:
         if name in self._peft_names:
             raise LoramergeError(f"adapter name {name!r} is used twice; give each adapter its own name (NAME=PATH)")
         check_adapter_folder(path)
+        check_adapter_fits(path, self.model, self.model_spec)
         self._added += 1
         peft_name = f"adapter_{self._added}"
         try:

@@ -62,6 +62,15 @@ def sentence_table(
     return SentenceTable(groups=list(groups), texts=texts)
 
 
+def check_enough_sentences(table: SentenceTable, what: str) -> None:
+    """Retrieval among one candidate is always right: a score over a single sentence would read 1.000."""
+    if len(table.groups) < 2:
+        raise LoramergeError(
+            f"{what} gives {len(table.groups)} sentence: retrieval among one candidate is always right, so it measures "
+            "nothing; give at least 2 sentences (100+ for a stable number)"
+        )
+
+
 def decoder_backbone(model: torch.nn.Module) -> torch.nn.Module:
     """The decoder without its LM head (LoRA layers included): Gemma-3's head is 262k x 640, and
     the probe needs only hidden states."""
@@ -126,6 +135,7 @@ def best_layer(
     """The block output (1..L-1) where translations retrieve each other best on average (margin):
     `--layer auto`. Layer L is left out: its states feed only the LM head."""
     table = sentence_table(pairs, limit=limit)
+    check_enough_sentences(table, "eval_pairs (for --layer auto)")
     vectors = {lang: layer_vectors(model, tokenizer, sentences, skip_first) for lang, sentences in table.sentences().items()}
     count = next(iter(vectors.values())).shape[0] - 1
     scores = score_layers(table, vectors, range(1, count))

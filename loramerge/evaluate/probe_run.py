@@ -16,10 +16,12 @@ from rich.table import Table
 from loramerge.atomic import atomic_directory, output_dir_problem
 from loramerge.data.records import read_pairs_file
 from loramerge.errors import LoramergeError
-from loramerge.evaluate.probe import layer_vectors, score_layers, sentence_table
+from loramerge.evaluate.adapter_check import check_adapter_fits, check_adapter_folder
+from loramerge.evaluate.probe import check_enough_sentences, layer_vectors, score_layers, sentence_table
 from loramerge.evaluate.run import parse_adapter_specs
 from loramerge.models.layer_exit import num_decoder_layers
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.output_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -70,54 +72,65 @@ def print_summary(results: dict[str, Any], console: Console) -> None:
 
 
 def run_probe(settings: ProbeSettings, console: Console) -> dict[str, Any]:
-    if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:
-        raise LoramergeError(problem)
-    table = sentence_table(read_pairs_file(settings.pairs), settings.languages, settings.max_sentences)
-    source = parse_model_spec(settings.model)
-    tokenizer, model = load_tokenizer(source), load_causal_lm(source)
-    layers = parse_layers(settings.layers, num_decoder_layers(model))
-    specs = parse_adapter_specs(list(settings.adapters))  # NAME=PATH or PATH (named after its folder)
-    names: list[str | None] = [None, *specs]
-    if specs:
-        from peft import PeftModel
+    with output_lock(settings.out):
+        if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:
+            raise LoramergeError(problem)
+        if settings.max_sentences is not None and settings.max_sentences < 2:
+            raise LoramergeError(
+                f"--max-sentences {settings.max_sentences}: each sentence is retrieved among the others, so at least 2 "
+                "are needed (100+ give a stable number), e.g. --max-sentences 200"
+            )
+        table = sentence_table(read_pairs_file(settings.pairs), settings.languages, settings.max_sentences)
+        check_enough_sentences(table, f"--pairs {settings.pairs}")
+        specs = parse_adapter_specs(list(settings.adapters))  # NAME=PATH or PATH (named after its folder)
+        for path in specs.values():
+            check_adapter_folder(path)
+        source = parse_model_spec(settings.model)
+        tokenizer, model = load_tokenizer(source), load_causal_lm(source)
+        layers = parse_layers(settings.layers, num_decoder_layers(model))
+        names: list[str | None] = [None, *specs]
+        for path in specs.values():
+            check_adapter_fits(path, model, settings.model)
+        if specs:
+            from peft import PeftModel
 
-        paths = iter(specs.items())
-        first, path = next(paths)
-        model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
-        for name, path in paths:
-            model.load_adapter(str(path), adapter_name=name)
-    labels = ["base", *specs]
-    texts = table.sentences()
-    total = sum(len(sentences) for sentences in texts.values()) * len(names)
-    results: dict[str, Any] = {
-        "model": settings.model,
-        "skip_first_token": settings.skip_first_token,
-        "languages": sorted(texts),
-        "sentences": {k: len(v) for k, v in texts.items()},
-        "variants": {},
-    }
-    columns = (TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("", total=total)
-        for name, label in zip(names, labels):
-            with variant(model, name):
-                vectors = {
-                    lang: layer_vectors(
-                        model,
-                        tokenizer,
-                        sentences,
-                        settings.skip_first_token,
-                        settings.batch_size,
-                        on_batch=lambda n: progress.advance(task, n),
-                    )
-                    for lang, sentences in texts.items()
-                }
-            results["variants"][label] = score_layers(table, vectors, layers)
-    with atomic_directory(settings.out) as staging:
-        (staging / "probe.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        plot_curves(results, staging / "probe.png")
-    print_summary(results, console)
-    return results
+            paths = iter(specs.items())
+            first, path = next(paths)
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
+            for name, path in paths:
+                model.load_adapter(str(path), adapter_name=name)
+        labels = ["base", *specs]
+        texts = table.sentences()
+        total = sum(len(sentences) for sentences in texts.values()) * len(names)
+        results: dict[str, Any] = {
+            "model": settings.model,
+            "skip_first_token": settings.skip_first_token,
+            "languages": sorted(texts),
+            "sentences": {k: len(v) for k, v in texts.items()},
+            "variants": {},
+        }
+        columns = (TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("", total=total)
+            for name, label in zip(names, labels):
+                with variant(model, name):
+                    vectors = {
+                        lang: layer_vectors(
+                            model,
+                            tokenizer,
+                            sentences,
+                            settings.skip_first_token,
+                            settings.batch_size,
+                            on_batch=lambda n: progress.advance(task, n),
+                        )
+                        for lang, sentences in texts.items()
+                    }
+                results["variants"][label] = score_layers(table, vectors, layers)
+        with atomic_directory(settings.out) as staging:
+            (staging / "probe.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            plot_curves(results, staging / "probe.png")
+        print_summary(results, console)
+        return results
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:

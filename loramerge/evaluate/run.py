@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loramerge.errors import LoramergeError
+from loramerge.output_lock import output_lock
 from loramerge.parsing import comma_list
 
 BASE = "base"  # the variant name of the model without adapters
@@ -44,6 +45,17 @@ def parse_supervised(text: str | None) -> list[str] | None:
     return languages
 
 
+def check_supervised_in_data(supervised: list[str] | None, records: list[Any], data: Path) -> None:
+    """A supervised language the data lacks would make a mean over fewer languages than the user meant."""
+    present = {record.lang or "und" for record in records}
+    missing = [lang for lang in supervised or [] if lang not in present]
+    if missing:
+        raise LoramergeError(
+            f"--supervised {','.join(missing)}: no record of {data} has that language (it has {', '.join(sorted(present))}); "
+            "name the task adapter's training languages as the data spells them"
+        )
+
+
 def print_summary(results: dict[str, Any], console: Console) -> None:
     from loramerge.evaluate.report import table_cells
 
@@ -72,46 +84,49 @@ class EvalSettings:
 def run_eval(settings: EvalSettings, console: Console) -> dict[str, Any]:
     from loramerge.atomic import atomic_directory, output_dir_problem
     from loramerge.data.records import read_task_file
-    from loramerge.evaluate.evaluator import Evaluator, check_adapter_folder
+    from loramerge.evaluate.adapter_check import check_adapter_folder
+    from loramerge.evaluate.evaluator import Evaluator
     from loramerge.evaluate.metrics import get_metric
     from loramerge.evaluate.report import build_results, write_outputs
 
     # Every input is checked before the model loads, so a mistake costs no waiting.
-    if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:
-        raise LoramergeError(problem)
-    get_metric(settings.metric)
-    paths = parse_adapter_specs(list(settings.adapters))
-    for path in paths.values():
-        check_adapter_folder(path)
-    if not settings.include_base and not paths:
-        raise LoramergeError("--no-base without --adapter leaves nothing to evaluate; add an --adapter or drop --no-base")
-    supervised = parse_supervised(settings.supervised)
-    records = read_task_file(settings.data)
+    with output_lock(settings.out):
+        if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:
+            raise LoramergeError(problem)
+        get_metric(settings.metric)
+        paths = parse_adapter_specs(list(settings.adapters))
+        for path in paths.values():
+            check_adapter_folder(path)
+        if not settings.include_base and not paths:
+            raise LoramergeError("--no-base without --adapter leaves nothing to evaluate; add an --adapter or drop --no-base")
+        supervised = parse_supervised(settings.supervised)
+        records = read_task_file(settings.data)
+        check_supervised_in_data(supervised, records, settings.data)
 
-    evaluator = Evaluator(settings.model, settings.metric, settings.batch_size, settings.max_new_tokens, settings.dtype)
-    for name, path in paths.items():
-        evaluator.add_adapter(name, path)
-    variants: dict[str, str | None] = {BASE: None} if settings.include_base else {}
-    variants.update({name: name for name in paths})
-    columns = (TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("", total=len(records) * len(variants))
-        scores = {}
-        for label, variant in variants.items():
-            progress.update(task, description=label)
-            scores[label] = evaluator.evaluate(variant, records, on_batch=lambda n: progress.advance(task, n))
-    recorded = {
-        "batch_size": settings.batch_size,
-        "max_new_tokens": settings.max_new_tokens,
-        "dtype": settings.dtype,
-        "decoding": "greedy",
-        "stop_tokens": evaluator.stop_tokens,
-        "adapters": {name: str(path) for name, path in paths.items()},
-    }
-    results = build_results(settings.model, settings.data, evaluator.metric, supervised, recorded, scores)
-    with atomic_directory(settings.out) as staging:
-        notes = write_outputs(staging, results, scores)
-    print_summary(results, console)
-    for note in notes:
-        console.print(f"[yellow]warning:[/yellow] {note}")
-    return results
+        evaluator = Evaluator(settings.model, settings.metric, settings.batch_size, settings.max_new_tokens, settings.dtype)
+        for name, path in paths.items():
+            evaluator.add_adapter(name, path)
+        variants: dict[str, str | None] = {BASE: None} if settings.include_base else {}
+        variants.update({name: name for name in paths})
+        columns = (TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("", total=len(records) * len(variants))
+            scores = {}
+            for label, variant in variants.items():
+                progress.update(task, description=label)
+                scores[label] = evaluator.evaluate(variant, records, on_batch=lambda n: progress.advance(task, n))
+        recorded = {
+            "batch_size": settings.batch_size,
+            "max_new_tokens": settings.max_new_tokens,
+            "dtype": settings.dtype,
+            "decoding": "greedy",
+            "stop_tokens": evaluator.stop_tokens,
+            "adapters": {name: str(path) for name, path in paths.items()},
+        }
+        results = build_results(settings.model, settings.data, evaluator.metric, supervised, recorded, scores)
+        with atomic_directory(settings.out) as staging:
+            notes = write_outputs(staging, results, scores)
+        print_summary(results, console)
+        for note in notes:
+            console.print(f"[yellow]warning:[/yellow] {note}")
+        return results

@@ -69,8 +69,9 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
-def failure_reason(exc: BaseException) -> str:
-    """A one-line reason for a Hub failure, without request headers (they may carry the token)."""
+def failure_reason(exc: BaseException, uploading: bool = False) -> str:
+    """A one-line reason for a Hub failure, without request headers (they may carry the token). An upload has no
+    cache to fall back on, so its advice differs from a download's."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -83,6 +84,8 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OfflineModeIsEnabled) or (
         isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, OfflineModeIsEnabled)
     ):
+        if uploading:
+            return "HF_HUB_OFFLINE is set, and an upload needs the network; unset HF_HUB_OFFLINE to push"
         return "HF_HUB_OFFLINE is set and it is not in the local cache; unset HF_HUB_OFFLINE to download it"
     if isinstance(exc, RepositoryNotFoundError):
         return f"no such repository on {endpoint()}, or it is private: log in with `hf auth login` or set HF_TOKEN"
@@ -107,7 +110,8 @@ def failure_reason(exc: BaseException) -> str:
 
     detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     if isinstance(exc, httpx2.TransportError):
-        return f"cannot reach {endpoint()} ({detail}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache"
+        fallback = "" if uploading else ", or set HF_HUB_OFFLINE=1 to use the cache"
+        return f"cannot reach {endpoint()} ({detail}); check the network or HF_ENDPOINT{fallback}"
     return f"unexpected answer from {endpoint()} ({detail})"
 
 
@@ -130,7 +134,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(action: Callable[[], Result], what: str) -> Result:
+def with_retries(action: Callable[[], Result], what: str, uploading: bool = False) -> Result:
     """Run a Hub call; transient failures are retried with exponential backoff, the last becomes one line."""
     retries = int(os.environ.get(RETRIES_ENV, "4"))
     wait = float(os.environ.get(BACKOFF_ENV, "2"))
@@ -142,7 +146,7 @@ def with_retries(action: Callable[[], Result], what: str) -> Result:
         except Exception as exc:
             if attempt == retries or not is_transient(exc):
                 tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise LoramergeError(f"{what}{tries}: {failure_reason(exc)}") from exc
+                raise LoramergeError(f"{what}{tries}: {failure_reason(exc, uploading)}") from exc
         time.sleep(min(wait * 2**attempt, 30.0))
     raise AssertionError("unreachable")
 
@@ -227,4 +231,4 @@ def push_folder(
         )
         return info.commit_url
 
-    return with_retries(attempt, f"push of {folder} to {repo_id} failed")
+    return with_retries(attempt, f"push of {folder} to {repo_id} failed", uploading=True)

@@ -32,6 +32,7 @@ from loramerge.merge.peft_config import merged_config
 from loramerge.merge.recipe import MergeRecipe, MergeSource
 from loramerge.merge.report import build_report, rank_span, serving_warnings, summarise
 from loramerge.merge.stream_writer import StreamingWriter, TensorSpec
+from loramerge.output_lock import output_lock
 from loramerge.recipes import dump_recipe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -193,58 +194,59 @@ def merge_adapters(
 
     Raises LoramergeError listing every problem in the inputs; nothing is written then.
     """
-    recipe = recipe if isinstance(recipe, MergeRecipe) else MergeRecipe.model_validate(recipe)
-    out = Path(out)
-    adapters = load_and_check(recipe, out, overwrite)
-    names = sorted({name for adapter in adapters for name in adapter.modules}, key=natural_key)
-    layers = [layer for name in names if (layer := layer_index(name)) is not None]
-    num_layers = recipe.num_layers or (max(layers) + 1 if layers else 1)
-    dtype = output_dtype(recipe, adapters)
-    problems = ProblemList()
-    # Factor methods work on out x R matrices with R ~ 32: threads buy nothing, and on a shared 2-core
-    # machine OpenMP workers spin waiting for a busy core. Measured (Llama-3-8B shapes, svd, 2 cores
-    # with another job running): 1 thread 1.5 s, 2 threads 29-95 s; idle: 1.5 s vs 1.2 s.
-    threads = torch.get_num_threads() if METHODS[recipe.method].sparsifies else 1
-    with atomic_directory(out) as staging, ExitStack() as stack, torch_threads(threads):
-        handles = [stack.enter_context(safe_open(str(a.weights_path), framework="pt")) for a in adapters]
-        # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
-        # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
-        hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
-        carried = carry_tensors(adapters, handles, problems)
-        outputs: Iterable[MergedModule] = (merge_module(n, adapters, handles, recipe, num_layers, problems) for n in names)
-        ranks = {name: planned_rank(recipe, adapters, name) for name in names}
-        if any(rank is None for rank in ranks.values()):
-            outputs = list(outputs)  # ranks are known only after the work: collect, then write
-            ranks = {output.name: output.entry["rank"] for output in outputs}
-        first = {name: next(a.modules[name] for a in adapters if name in a.modules) for name in names}
-        plan = [(n, first[n].a_key, first[n].b_key, ranks[n], first[n].in_features, first[n].out_features) for n in names]
-        modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
-        problems.raise_if_any()
-        list(hashing)  # re-raises a hashing error, if any
-        base_model = recipe.base_model or adapters[0].base_model
-        config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        report = {
-            **build_report(recipe, modules),
-            "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
-        }
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        recipe_yaml = dump_recipe(pinned(recipe, adapters))
-        (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-        inputs = [
-            MergedInput(
-                path=adapter.label if adapter.origin else source.path,
-                weight=source.weight,
-                ranks=rank_span(adapter),
-                sha256=adapter.file_sha256,
+    with output_lock(Path(out)):
+        recipe = recipe if isinstance(recipe, MergeRecipe) else MergeRecipe.model_validate(recipe)
+        out = Path(out)
+        adapters = load_and_check(recipe, out, overwrite)
+        names = sorted({name for adapter in adapters for name in adapter.modules}, key=natural_key)
+        layers = [layer for name in names if (layer := layer_index(name)) is not None]
+        num_layers = recipe.num_layers or (max(layers) + 1 if layers else 1)
+        dtype = output_dtype(recipe, adapters)
+        problems = ProblemList()
+        # Factor methods work on out x R matrices with R ~ 32: threads buy nothing, and on a shared 2-core
+        # machine OpenMP workers spin waiting for a busy core. Measured (Llama-3-8B shapes, svd, 2 cores
+        # with another job running): 1 thread 1.5 s, 2 threads 29-95 s; idle: 1.5 s vs 1.2 s.
+        threads = torch.get_num_threads() if METHODS[recipe.method].sparsifies else 1
+        with atomic_directory(out) as staging, ExitStack() as stack, torch_threads(threads):
+            handles = [stack.enter_context(safe_open(str(a.weights_path), framework="pt")) for a in adapters]
+            # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
+            # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
+            hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
+            carried = carry_tensors(adapters, handles, problems)
+            outputs: Iterable[MergedModule] = (merge_module(n, adapters, handles, recipe, num_layers, problems) for n in names)
+            ranks = {name: planned_rank(recipe, adapters, name) for name in names}
+            if any(rank is None for rank in ranks.values()):
+                outputs = list(outputs)  # ranks are known only after the work: collect, then write
+                ranks = {output.name: output.entry["rank"] for output in outputs}
+            first = {name: next(a.modules[name] for a in adapters if name in a.modules) for name in names}
+            plan = [(n, first[n].a_key, first[n].b_key, ranks[n], first[n].in_features, first[n].out_features) for n in names]
+            modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
+            problems.raise_if_any()
+            list(hashing)  # re-raises a hashing error, if any
+            base_model = recipe.base_model or adapters[0].base_model
+            config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            report = {
+                **build_report(recipe, modules),
+                "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
+            }
+            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            recipe_yaml = dump_recipe(pinned(recipe, adapters))
+            (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
+            inputs = [
+                MergedInput(
+                    path=adapter.label if adapter.origin else source.path,
+                    weight=source.weight,
+                    ranks=rank_span(adapter),
+                    sha256=adapter.file_sha256,
+                )
+                for source, adapter in zip(recipe.sources, adapters)
+            ]
+            languages, tags = zip(*(input_card_metadata(adapter.path) for adapter in adapters))
+            card = render_merge_card(
+                inputs, recipe.method, summarise(report), recipe_yaml, base_model, sum(languages, []), sum(tags, []), card_section
             )
-            for source, adapter in zip(recipe.sources, adapters)
-        ]
-        languages, tags = zip(*(input_card_metadata(adapter.path) for adapter in adapters))
-        card = render_merge_card(
-            inputs, recipe.method, summarise(report), recipe_yaml, base_model, sum(languages, []), sum(tags, []), card_section
-        )
-        (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-    return MergeResult(out=out, report=report, warnings=serving_warnings(report, carried))
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
+        return MergeResult(out=out, report=report, warnings=serving_warnings(report, carried))

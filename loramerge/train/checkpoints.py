@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from loramerge.atomic import replace_directory
+from loramerge.atomic import recover_interrupted_replace, replace_directory
+from loramerge.faults import crash_point
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 PARAMS_FILE = "trainable.safetensors"
@@ -73,10 +74,23 @@ def write_checkpoint(
 
 def publish_checkpoint(folder: Path, step: int) -> None:
     """Main process, after every process has written its part: make the checkpoint visible."""
+    crash_point("checkpoint:staged")
     replace_directory(folder / f".checkpoint-{step}.partial", folder / f"checkpoint-{step}")
     for old in folder.glob("checkpoint-*"):
         if (match := CHECKPOINT.match(old.name)) and int(match.group(1)) != step:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_checkpoint_leftovers(folder: Path) -> list[str]:
+    """Staging folders of a checkpoint write that a kill interrupted: unfinished ones go, a set-aside one whose
+    replacement never arrived comes back. Returns what was done, one line each."""
+    notes = []
+    for partial in sorted(folder.glob(".checkpoint-*.partial")):
+        shutil.rmtree(partial, ignore_errors=True)
+        notes.append(f"removed {partial}: a checkpoint whose writing was interrupted")
+    for target in {p.name.split(".previous-")[0].lstrip(".") for p in folder.glob(".checkpoint-*.previous-*")}:
+        notes += recover_interrupted_replace(folder / target)
+    return notes
 
 
 def read_checkpoint(

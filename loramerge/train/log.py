@@ -11,6 +11,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows up to `step` (a resumed run's checkpoint): the steps after it are trained, and logged, again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # the half-written last line of a killed run
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
+
+
 class MetricsLog:
     """Appends one JSON object per line; only the main process writes."""
 

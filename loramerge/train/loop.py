@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from loramerge.faults import crash_point
 from loramerge.train.batches import BatchStream
 from loramerge.train.checkpoints import publish_checkpoint, rng_state, write_checkpoint
 from loramerge.train.log import MetricsLog, ProgressDisplay
@@ -177,6 +178,7 @@ def run_loop(
             if settings.save_every and state.step % settings.save_every == 0:
                 save_checkpoint(accelerator, settings, state, model, optimizer, scheduler, streams)
             display.update(state.step)
+            crash_point("train:step")
             if on_step is not None:
                 on_step(state)
         if state.step < settings.total_steps:  # left the loop early: a stop was requested

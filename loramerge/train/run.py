@@ -34,14 +34,16 @@ from loramerge.data.records import (
 from loramerge.data.tokenization import tokenize_task
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.evaluate.probe import best_layer
+from loramerge.faults import crash_point
 from loramerge.hub.card import TrainingSummary, render_training_card
 from loramerge.models.layer_exit import default_layer, num_decoder_layers
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec, source_commit
+from loramerge.output_lock import is_launch_main, notice, output_lock
 from loramerge.recipes import dump_recipe
 from loramerge.train.batches import BatchStream
-from loramerge.train.checkpoints import latest_checkpoint, read_checkpoint
+from loramerge.train.checkpoints import clean_checkpoint_leftovers, latest_checkpoint, read_checkpoint
 from loramerge.train.eval_loss import batches, make_evaluator
-from loramerge.train.log import MetricsLog
+from loramerge.train.log import MetricsLog, truncate_metrics
 from loramerge.train.loop import LoopSettings, LoopState, StepCallback, run_loop
 from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
 from loramerge.train.recipe import TrainRecipe
@@ -75,13 +77,24 @@ def check_inputs(recipe: TrainRecipe, mode: Mode, out: Path, overwrite: bool, re
     if (problem := output_dir_problem(out, overwrite)) is not None:
         problems.add(problem)
     run_dir = run_dir_for(out)
-    if resume and latest_checkpoint(run_dir / "checkpoints") is None:
-        problems.add(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-    if not resume and run_dir.exists() and not overwrite:
-        problems.add(f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start over")
+    if is_launch_main():  # one process repairs; the others of a launch only read
+        for note in clean_checkpoint_leftovers(run_dir / "checkpoints"):
+            notice(note)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if resume and checkpoint is None:
+        problems.add(
+            f"--resume: {run_dir} holds no checkpoint to resume (the run stopped before its first); rerun without --resume"
+        )
+    if not resume and checkpoint is not None and not overwrite:
+        problems.add(
+            f"{run_dir} holds an unfinished run ({checkpoint.name}); add --resume to continue it or --overwrite to start over"
+        )
     problems.raise_if_any()
     if not resume and run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints and metrics would mix with the new
+        if checkpoint is None:
+            notice(f"removed {run_dir}: a run that stopped before its first checkpoint, nothing to resume")
+        # the old run's checkpoints and metrics would mix with the new
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def language_rows(records: list[TaskRecord] | None, pairs: list[SentencePair] | None) -> list[tuple[str, str, int]]:
@@ -227,83 +240,93 @@ def train_adapter(
     resume: bool = False,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
-    check_inputs(recipe, mode, out, overwrite, resume)
-    joint = mode == "task" and recipe.pairs is not None and recipe.task_per_align[1] > 0
-    accelerator = make_accelerator(recipe, joint)
-    set_seed(recipe.seed)
-    source = parse_model_spec(recipe.model)
-    tokenizer = load_tokenizer(source)
-    streams, records, pairs = build_streams(recipe, mode, tokenizer, accelerator)
-    eval_task, eval_pairs = eval_batches(recipe, tokenizer, TASK in streams, ALIGN in streams)
-    model = load_causal_lm(source)
-    layers = num_decoder_layers(model)
-    align_layer = choose_layer(recipe, model, tokenizer, layers) if ALIGN in streams else None
-    if align_layer is not None and not 1 <= align_layer < layers:
-        raise LoramergeError(f"align.layer {align_layer} must be between 1 and {layers - 1} for a model with {layers} layers")
-    peft_model = get_peft_model(model, lora_config(recipe, align_layer if mode == "align" else None))
-    if recipe.gradient_checkpointing:
-        # transformers 5 renamed gradient_checkpointing_enable; non-reentrant checkpointing lets the
-        # alignment step's early exit unwind through checkpointed blocks
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        peft_model.enable_input_require_grads()
-    cycle = objective_cycle(recipe, streams)
-    steps = total_steps(recipe, streams, cycle)
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.optimizer.learning_rate, weight_decay=recipe.optimizer.weight_decay)
-    warmup = math.ceil(recipe.optimizer.warmup_ratio * steps)
-    scheduler = get_scheduler(SCHEDULES[recipe.optimizer.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-    objective_model, optimizer = accelerator.prepare(ObjectiveModel(peft_model, align_layer, recipe.align), optimizer)
-    run_dir = run_dir_for(out)
-    state = LoopState()
-    if resume:
-        saved = read_checkpoint(
-            latest_checkpoint(run_dir / "checkpoints"),
-            accelerator.unwrap_model(objective_model),
-            optimizer,
-            scheduler,
-            accelerator.process_index,
+    with output_lock(out):
+        check_inputs(recipe, mode, out, overwrite, resume)
+        joint = mode == "task" and recipe.pairs is not None and recipe.task_per_align[1] > 0
+        accelerator = make_accelerator(recipe, joint)
+        set_seed(recipe.seed)
+        source = parse_model_spec(recipe.model)
+        tokenizer = load_tokenizer(source)
+        streams, records, pairs = build_streams(recipe, mode, tokenizer, accelerator)
+        eval_task, eval_pairs = eval_batches(recipe, tokenizer, TASK in streams, ALIGN in streams)
+        model = load_causal_lm(source)
+        layers = num_decoder_layers(model)
+        align_layer = choose_layer(recipe, model, tokenizer, layers) if ALIGN in streams else None
+        if align_layer is not None and not 1 <= align_layer < layers:
+            raise LoramergeError(f"align.layer {align_layer} must be between 1 and {layers - 1} for a model with {layers} layers")
+        peft_model = get_peft_model(model, lora_config(recipe, align_layer if mode == "align" else None))
+        if recipe.gradient_checkpointing:
+            # transformers 5 renamed gradient_checkpointing_enable; non-reentrant checkpointing lets the
+            # alignment step's early exit unwind through checkpointed blocks
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            peft_model.enable_input_require_grads()
+        cycle = objective_cycle(recipe, streams)
+        steps = total_steps(recipe, streams, cycle)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=recipe.optimizer.learning_rate, weight_decay=recipe.optimizer.weight_decay)
+        warmup = math.ceil(recipe.optimizer.warmup_ratio * steps)
+        scheduler = get_scheduler(
+            SCHEDULES[recipe.optimizer.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=steps
         )
-        state = LoopState(**saved["loop"])
-        for name, position in saved["streams"].items():
-            streams[name].load_state_dict(position)
-    settings = LoopSettings(
-        total_steps=steps,
-        grad_accum=recipe.grad_accum,
-        cycle=cycle,
-        max_grad_norm=recipe.optimizer.max_grad_norm,
-        log_every=recipe.log_every,
-        eval_every=recipe.eval_every,
-        save_every=recipe.save_every,
-        checkpoint_dir=run_dir / "checkpoints",
-    )
-    log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, run_dir / "tensorboard")
-    evaluate = make_evaluator(accelerator.unwrap_model(objective_model), accelerator.device, eval_task, eval_pairs)
-    try:
-        state = run_loop(accelerator, objective_model, optimizer, scheduler, streams, settings, state, log, evaluate, on_step)
-        if state.interrupted:
-            return TrainResult(
-                out=None, run_dir=run_dir, state=state, metrics=state.last_losses, is_main=accelerator.is_main_process
+        objective_model, optimizer = accelerator.prepare(ObjectiveModel(peft_model, align_layer, recipe.align), optimizer)
+        run_dir = run_dir_for(out)
+        state = LoopState()
+        if resume:
+            saved = read_checkpoint(
+                latest_checkpoint(run_dir / "checkpoints"),
+                accelerator.unwrap_model(objective_model),
+                optimizer,
+                scheduler,
+                accelerator.process_index,
             )
-        final_metrics = {**state.last_losses, **(evaluate() if evaluate is not None else {})}
-        log.write({"step": state.step, "final": True, **final_metrics})
-    finally:
-        log.close()
-    if accelerator.is_main_process:
-        summary = TrainingSummary(
-            kind={"align": "alignment", "task": "joint task + alignment" if joint else "task"}[mode],
-            data_rows=language_rows(records, pairs),
-            hyperparameters=hyperparameters(recipe, align_layer, steps, accelerator.num_processes),
-            final_metrics=final_metrics,
-            base_commit=source_commit(source),
+            state = LoopState(**saved["loop"])
+            if accelerator.is_main_process:  # rows logged after this checkpoint will be logged again
+                truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            for name, position in saved["streams"].items():
+                streams[name].load_state_dict(position)
+        settings = LoopSettings(
+            total_steps=steps,
+            grad_accum=recipe.grad_accum,
+            cycle=cycle,
+            max_grad_norm=recipe.optimizer.max_grad_norm,
+            log_every=recipe.log_every,
+            eval_every=recipe.eval_every,
+            save_every=recipe.save_every,
+            checkpoint_dir=run_dir / "checkpoints",
         )
-        write_outputs(peft_model, recipe, summary, out, run_dir, languages_of(records, pairs))
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        out=out, run_dir=run_dir, state=state, metrics=final_metrics, is_main=accelerator.is_main_process, align_layer=align_layer
-    )
+        log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, run_dir / "tensorboard")
+        evaluate = make_evaluator(accelerator.unwrap_model(objective_model), accelerator.device, eval_task, eval_pairs)
+        try:
+            state = run_loop(accelerator, objective_model, optimizer, scheduler, streams, settings, state, log, evaluate, on_step)
+            if state.interrupted:
+                return TrainResult(
+                    out=None, run_dir=run_dir, state=state, metrics=state.last_losses, is_main=accelerator.is_main_process
+                )
+            final_metrics = {**state.last_losses, **(evaluate() if evaluate is not None else {})}
+            log.write({"step": state.step, "final": True, **final_metrics})
+        finally:
+            log.close()
+        if accelerator.is_main_process:
+            summary = TrainingSummary(
+                kind={"align": "alignment", "task": "joint task + alignment" if joint else "task"}[mode],
+                data_rows=language_rows(records, pairs),
+                hyperparameters=hyperparameters(recipe, align_layer, steps, accelerator.num_processes),
+                final_metrics=final_metrics,
+                base_commit=source_commit(source),
+            )
+            write_outputs(peft_model, recipe, summary, out, run_dir, languages_of(records, pairs))
+        accelerator.wait_for_everyone()
+        return TrainResult(
+            out=out,
+            run_dir=run_dir,
+            state=state,
+            metrics=final_metrics,
+            is_main=accelerator.is_main_process,
+            align_layer=align_layer,
+        )
 
 
 def shutdown_distributed() -> None:
@@ -340,6 +363,7 @@ def write_outputs(
     base_model = peft_model.peft_config["default"].base_model_name_or_path
     with atomic_directory(out) as staging:
         peft_model.save_pretrained(staging)
+        crash_point("train:final-write")
         (staging / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
         (staging / "README.md").write_text(render_training_card(summary, recipe_yaml, base_model, languages), encoding="utf-8")
         if (run_dir / "metrics.jsonl").exists():

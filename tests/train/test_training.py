@@ -266,10 +266,26 @@ def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_d
 
 def test_an_unfinished_run_is_not_silently_mixed_into_a_new_one(tiny_model_dir, example_data, tmp_path):
     out = tmp_path / "align"
-    (tmp_path / "align.run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "align.run" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (tmp_path / "align.run" / "metrics.jsonl").write_text('{"step": 99}\n')
     args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(out))
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
     assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert '"step": 99' not in (out / "metrics.jsonl").read_text()
+
+
+def test_a_run_killed_before_its_first_checkpoint_sends_both_commands_the_same_way(tiny_model_dir, example_data, tmp_path):
+    """Nothing to resume: --resume says to rerun without it, and that plain rerun starts over (it used to ask for
+    --resume or --overwrite, sending the user in a circle)."""
+    out = tmp_path / "align"
+    (tmp_path / "align.run" / "checkpoints" / ".checkpoint-2.partial").mkdir(parents=True)
+    (tmp_path / "align.run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(out))
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 2
+    assert "no checkpoint to resume" in resumed.stderr and "rerun without --resume" in resumed.stderr
+    rerun = CliRunner().invoke(app, args)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert "nothing to resume" in rerun.stderr
+    assert (out / "adapter_model.safetensors").is_file() and not (tmp_path / "align.run").exists()
