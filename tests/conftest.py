@@ -109,24 +109,24 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A fresh cache with bundled SmolLM2-135M converted once (~20 s); LORAMERGE_CACHE points there while
-    tests use it. Tests that need it share the xdist group "smollm2", so one worker converts once."""
-    import os
-
+def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh cache with bundled SmolLM2-135M converted once (~20 s). Tests that need it share the xdist group
+    "smollm2", so one worker converts once. LORAMERGE_CACHE is set only while converting: a session-wide setting
+    would leak into every later test on the worker."""
     from loramerge.models import bundled
 
     model = bundled.MODELS["smollm2-135m"]
     if bundled.missing_modules(model):
         pytest.fail(f"{model.package} is not installed: run the README's test set-up ({model.install})")
     root = tmp_path_factory.mktemp("bundled-cache")
-    previous = os.environ.get("LORAMERGE_CACHE")
-    os.environ["LORAMERGE_CACHE"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORAMERGE_CACHE", str(root))
         bundled.load_model_dir("bundled:smollm2-135m")
-        yield root
-    finally:
-        if previous is None:
-            os.environ.pop("LORAMERGE_CACHE", None)
-        else:
-            os.environ["LORAMERGE_CACHE"] = previous
+    return root
+
+
+@pytest.fixture
+def smollm2_cache(smollm2_converted: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """LORAMERGE_CACHE points at the converted SmolLM2 for this one test, and is restored after it."""
+    monkeypatch.setenv("LORAMERGE_CACHE", str(smollm2_converted))
+    return smollm2_converted

@@ -4,7 +4,10 @@ English sentence, the files written, the command, and the real catalogs in /usr/
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -213,9 +216,23 @@ def test_same_seed_same_files_other_seed_other_split(locale_root, tmp_path):
 
 
 def test_split_depends_on_the_sentence_only():
+    """The same split in another process (another PYTHONHASHSEED: Python's own hash() would differ) and in any
+    context; pinned values guard the file format across versions, since users keep their splits."""
     fractions = parse_split("90:5:5")
-    assert [split_of(s, fractions, 7) for s in SENTENCES] == [split_of(s, fractions, 7) for s in SENTENCES]
-    assert Counter(split_of(s, fractions, 7) for s in SENTENCES * 1)["train"] > 240
+    here = [split_of(s, fractions, 7) for s in SENTENCES]
+    code = (
+        "import json, sys; from loramerge.data.corpora import parse_split, split_of; "
+        "print(json.dumps([split_of(s, parse_split('90:5:5'), 7) for s in json.loads(sys.stdin.read())]))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(SENTENCES), capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )  # fmt: skip
+    assert json.loads(other.stdout) == here
+    assert Counter(here)["train"] > 240
+    # first 8 bytes of sha256(f"7\x00{sentence}") / 2**64: 0.9014 (past 0.90: dev) and 0.2585 (train)
+    assert split_of("The file could not be opened.", fractions, 7) == "dev"
+    assert split_of("Save the document before closing.", fractions, 7) == "train"
 
 
 def test_multiway_keeps_sentences_translated_into_every_language(locale_root, tmp_path):

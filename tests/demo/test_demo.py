@@ -24,9 +24,18 @@ def test_quick_demo_runs_every_step_and_writes_the_report(smollm2_cache, tmp_pat
     results = json.loads((out / "results.json").read_text())
     groups = results["task"]["groups"]
     assert set(groups) == {"base", "task", "merged"}
-    for variant in groups.values():
-        assert set(variant) == {"supervised", "transfer (aligned)", "transfer (no alignment data)", "transfer"}
-        assert all(value is not None and 0 <= value <= 100 for value in variant.values())
+    evaluation = json.loads((out / "eval" / "results.json").read_text())["variants"]
+    members = {
+        "supervised": ["en", "fr"],
+        "transfer (aligned)": ["ru", "zh_CN", "ja"],
+        "transfer (no alignment data)": ["ko"],
+        "transfer": ["ru", "zh_CN", "ja", "ko"],
+    }
+    for name, variant in groups.items():  # each group is the mean of the evaluation's per-language scores
+        assert set(variant) == set(members)
+        scores = evaluation[name]["languages"]
+        for group, langs in members.items():
+            assert variant[group] == pytest.approx(sum(scores[lang]["score"] for lang in langs) / len(langs), abs=0.01)
     assert results["merge"]["exact"] and results["merge"]["rank_max"] == 16  # cat of two r=8 adapters
     assert set(results["retrieval"]["variants"]) == {"base", "align", "merged"}
     assert results["retrieval"]["layer"] == results["training"]["align"]["align_layer"] == 15  # round(30 / 2)

@@ -206,7 +206,15 @@ def test_eval_command_compares_base_and_two_adapters(
     for variant in results["variants"].values():
         languages = variant["languages"]
         assert {lang: languages[lang]["count"] for lang in languages} == {"en": 2, "fr": 2, "und": 1}
-        assert all(0 <= languages[lang]["score"] <= 100 for lang in languages)
+    for name, variant in results["variants"].items():  # each reported score is the mean of its predictions' scores
+        rows = [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()]
+        for lang, entry in variant["languages"].items():
+            per_record = [row["score"] for row in rows if row["lang"] == lang]
+            assert entry["score"] == pytest.approx(sum(per_record) / len(per_record)), (name, lang)
+    # An adapter whose B factors are zero changes nothing: the same generations and scores as the base model.
+    base_rows, zero_rows = ((out / "predictions" / f"{v}.jsonl").read_text() for v in ("base", "zero"))
+    assert base_rows == zero_rows and results["variants"]["zero"]["languages"] == results["variants"]["base"]["languages"]
+    for variant in results["variants"].values():
         means = variant["means"]
         assert means["supervised"] == languages["en"]["score"]
         assert means["transfer"] == pytest.approx((languages["fr"]["score"] + languages["und"]["score"]) / 2)
@@ -277,8 +285,13 @@ def test_eval_on_bundled_smollm2(smollm2_cache: Path, tmp_path: Path) -> None:
     assert results["settings"]["stop_tokens"] == ["<|im_end|>"]  # ChatML: the chat template's end of turn
     base = results["variants"]["base"]
     assert {lang: score["count"] for lang, score in base["languages"].items()} == {"en": 4, "fr": 4}
-    assert all(0 <= value <= 100 for value in base["means"].values())
     predictions = [json.loads(line) for line in (out / "predictions" / "base.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and all(p["prediction"] for p in predictions)
+    import sacrebleu
+
+    for lang in ("en", "fr"):  # corpus-level chrF of the written predictions is the reported score
+        rows = [p for p in predictions if p["lang"] == lang]
+        expected = sacrebleu.corpus_chrf([p["prediction"] for p in rows], [[p["reference"] for p in rows]]).score
+        assert base["languages"][lang]["score"] == pytest.approx(expected, abs=0.01), lang
     # A 135M chat model translating these short sentences shares character n-grams with the references.
     assert base["means"]["all"] > 5

@@ -29,6 +29,30 @@ def test_multiway_pairs_give_every_direction():
         sentence_table(pairs, languages=["ja"])
 
 
+def probe_run(model_dir, pairs: list[tuple[str, str]], tmp_path, name: str) -> dict:
+    data = tmp_path / f"{name}.jsonl"
+    rows = [{"source": s, "target": t, "source_lang": "en", "target_lang": "xx"} for s, t in pairs]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = CliRunner().invoke(app, ["probe", "--model", str(model_dir), "--pairs", str(data), "--out", str(tmp_path / name)])
+    assert result.exit_code == 0, result.output
+    return json.loads((tmp_path / name / "probe.json").read_text())["variants"]["base"]["layers"]
+
+
+def test_probe_scores_known_cases_exactly(tiny_model_dir, tmp_path):
+    """Targets identical to their sources pool to identical vectors: every sentence retrieves its own pair (1.0).
+    Paired with the NEXT sentence instead, each still retrieves its identical twin, now the wrong one (0.0)."""
+    model_dir = tiny_model_dir("llama")
+    sentences = [f"Item {i} of the list is {word}." for i, word in enumerate(["ready", "late", "lost", "new"] * 5)]
+    identical = probe_run(model_dir, [(s, s) for s in sentences], tmp_path, "identical")
+    shifted = probe_run(
+        model_dir, [(s, sentences[(i + 1) % len(sentences)]) for i, s in enumerate(sentences)], tmp_path, "shifted"
+    )
+    for layer in range(1, 5):
+        for score in ("cosine", "margin"):
+            assert identical[str(layer)]["average"][score] == 1.0, (layer, score)
+            assert shifted[str(layer)]["average"][score] == 0.0, (layer, score)
+
+
 def test_probe_command_scores_base_and_adapter(tiny_model_dir, example_data, make_adapter, tmp_path):
     from loramerge.testing.tiny import make_random_adapter
 

@@ -60,3 +60,51 @@ def test_finiteness_check_survives_an_overflowing_sum():
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows, the entries are finite
     assert not all_finite(torch.tensor([1.0, float("nan")]))
     assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
+
+
+# Dense references written from the methods' definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024), not
+# from loramerge's code: trim by sorting, elect by the sign of the sum, keep the entries that agree; DARE keeps
+# each entry with probability density (a Bernoulli mask from the seeded stream) and rescales by 1/density.
+def reference_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    keep = round(density * delta.numel())
+    order = delta.abs().flatten().argsort(descending=True)
+    mask = torch.zeros(delta.numel(), dtype=torch.bool)
+    mask[order[:keep]] = True
+    return delta * mask.view_as(delta)
+
+
+def reference_elect(updates: list[torch.Tensor]) -> torch.Tensor:
+    total = sum(updates)
+    merged = torch.zeros_like(total)
+    for update in updates:
+        merged += torch.where((torch.sign(update) == torch.sign(total)) & (update != 0), update, torch.zeros_like(update))
+    return merged
+
+
+def reference_dare(deltas: list[torch.Tensor], weights: list[float], density: float, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [w * d * (torch.rand(d.shape, generator=generator) < density) / density for w, d in zip(weights, deltas)]
+
+
+def test_sparsifying_methods_equal_dense_references_of_their_definitions():
+    generator = torch.Generator().manual_seed(7)
+    weights, scales = [0.7, -0.4, 1.1], [2.0, 0.5, 1.0]
+    contributions = [
+        Contribution(a=torch.randn(4, 20, generator=generator), b=torch.randn(24, 4, generator=generator), scale=s, weight=w)
+        for w, s in zip(weights, scales)
+    ]
+    deltas = [c.scale * c.b @ c.a for c in contributions]
+    density = 0.3
+    references = {
+        "magnitude_prune": sum(w * reference_trim(d, density) for w, d in zip(weights, deltas)),
+        "ties": reference_elect([w * reference_trim(d, density) for w, d in zip(weights, deltas)]),
+        "dare_linear": sum(reference_dare(deltas, weights, density, seed=3)),
+        "dare_ties": reference_elect(reference_dare(deltas, weights, density, seed=3)),
+    }
+    settings = MethodSettings(rank=20, density=density)  # full rank: recompression keeps everything
+    for method, expected in references.items():
+        result = METHODS[method].function(contributions, settings, torch.Generator().manual_seed(3))
+        actual = result.b @ result.a
+        assert (actual - expected).norm() <= 1e-5 * expected.norm(), method
+        plain_sum = sum(w * d for w, d in zip(weights, deltas))
+        assert (actual - plain_sum).norm() > 0.1 * plain_sum.norm(), method  # sparsified: not the weighted sum

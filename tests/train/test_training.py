@@ -56,13 +56,22 @@ def losses(folder, key: str) -> list[float]:
     ]
 
 
+def falls(values: list[float], by: float) -> bool:
+    """The mean of the last quarter of the logged losses is at least `by` (a fraction) below the first quarter's:
+    one lucky last value below the first would not do."""
+    quarter = max(1, len(values) // 4)
+    first, last = sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
+    return last < (1 - by) * first
+
+
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])
 def test_alignment_loss_falls_and_only_lower_layers_get_lora(tiny_model_dir, example_data, tmp_path, architecture):
     model_dir = tiny_model_dir(architecture)
     out = tmp_path / "align"
     result = train_adapter(recipe("align", model=str(model_dir), pairs=str(example_data["pairs"]), max_steps=16), "align", out)
     values = losses(out, "align_loss")
-    assert all(torch.isfinite(torch.tensor(values))) and values[-1] < values[0]
+    assert all(torch.isfinite(torch.tensor(values)))
+    assert falls(values, by=0.3), values  # batches differ, so single steps are noisy: compare quarters
     assert adapter_layers(out) == {0, 1}  # k = round(4 / 2) = 2: blocks 0 and 1 feed hidden_states[2]
     assert result.metrics["align_loss"] == pytest.approx(values[-1])
 
@@ -74,7 +83,8 @@ def test_task_training_changes_only_lora_and_loads_in_peft(tiny_model_dir, examp
     out = tmp_path / "task"
     train_adapter(recipe("task", model=str(model_dir), data=str(example_data["task"]), max_steps=16), "task", out)
     values = losses(out, "task_loss")
-    assert values[-1] < values[0]
+    assert falls(values, by=0.02), values  # lr 1e-3 on a random model: about -3% in 16 steps
+    assert all(later < earlier for earlier, later in zip(values, values[1:])), values  # and every logged step lower
     base = load_model(model_dir)
     before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
     peft_model = PeftModel.from_pretrained(base, str(out))
@@ -239,6 +249,15 @@ def test_gradient_checkpointing_with_joint_training(tiny_model_dir, example_data
     )
     result = train_adapter(settings, "task", tmp_path / "joint")
     assert result.out is not None and {"task_loss", "align_loss"} <= set(result.metrics)
+    # Checkpointing recomputes activations instead of storing them: the same losses and the same trained factors.
+    settings.gradient_checkpointing = False
+    plain = train_adapter(settings, "task", tmp_path / "plain")
+    for key in ("task_loss", "align_loss"):
+        assert losses(tmp_path / "joint", key) == pytest.approx(losses(tmp_path / "plain", key), rel=1e-5), key
+    checkpointed, reference = adapter_tensors(tmp_path / "joint"), adapter_tensors(plain.out)
+    assert checkpointed.keys() == reference.keys()
+    for key in reference:
+        assert torch.allclose(checkpointed[key], reference[key], rtol=1e-4, atol=1e-6), key
 
 
 def test_cli_layer_flag(tiny_model_dir, example_data, tmp_path):
@@ -260,8 +279,26 @@ def test_layer_auto_picks_the_best_dev_retrieval_layer(tiny_model_dir, example_d
     import yaml
 
     chosen = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())["align"]["layer"]
-    assert isinstance(chosen, int) and 1 <= chosen <= 3
     assert adapter_layers(tmp_path / "auto") == set(range(chosen))
+    # The layer with the best dev retrieval, as `loramerge probe` measures it on the same sentences and pooling:
+    # the best margin accuracy among block outputs 1..L-1 (the earliest on a tie).
+    probed = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--model",
+            str(tiny_model_dir("llama")),
+            "--pairs",
+            str(example_data["dev_pairs"]),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
+    assert probed.exit_code == 0, probed.output
+    layers = json.loads((tmp_path / "p" / "probe.json").read_text())["variants"]["base"]["layers"]
+    margin = {int(k): v["average"]["margin"] for k, v in layers.items() if 1 <= int(k) <= 3}
+    assert len(set(margin.values())) > 1  # the layers differ, so the choice is not decided by the tie rule alone
+    assert chosen == max(sorted(margin), key=lambda k: margin[k])
 
 
 def test_an_unfinished_run_is_not_silently_mixed_into_a_new_one(tiny_model_dir, example_data, tmp_path):
