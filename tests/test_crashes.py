@@ -39,14 +39,20 @@ def same_tensors(first: Path, second: Path) -> bool:
     return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
-def test_merge_killed_between_the_two_renames_of_an_overwrite(task_adapter, align_adapter, tmp_path):
+def overwrite_stopped_between_renames(
+    task: Path, align: Path, tmp_path: Path, signal_name: str
+) -> tuple[Path, dict, subprocess.CompletedProcess[str]]:
+    """Merge task alone into OUT, then merge task + align over it, stopped between the two renames."""
     out = tmp_path / "merged"
-    assert loramerge("merge", str(task_adapter), "--out", str(out)).returncode == 0
+    assert loramerge("merge", str(task), "--out", str(out)).returncode == 0
     before = folder_bytes(out)
+    fault = f"replace:between-renames:{signal_name}"
+    stopped = loramerge("merge", str(task), str(align), "--out", str(out), "--overwrite", fault=fault)
+    return out, before, stopped
 
-    killed = loramerge(
-        "merge", str(task_adapter), str(align_adapter), "--out", str(out), "--overwrite", fault="replace:between-renames:KILL"
-    )
+
+def test_merge_killed_between_the_two_renames_of_an_overwrite(task_adapter, align_adapter, tmp_path):
+    out, before, killed = overwrite_stopped_between_renames(task_adapter, align_adapter, tmp_path, "KILL")
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists() and len(leftovers(tmp_path)) == 2  # the old output set aside, the new one staged
 
@@ -62,12 +68,7 @@ def test_merge_killed_between_the_two_renames_of_an_overwrite(task_adapter, alig
 
 
 def test_merge_interrupted_between_the_two_renames_puts_the_old_output_back_at_once(task_adapter, align_adapter, tmp_path):
-    out = tmp_path / "merged"
-    assert loramerge("merge", str(task_adapter), "--out", str(out)).returncode == 0
-    before = folder_bytes(out)
-    stopped = loramerge(
-        "merge", str(task_adapter), str(align_adapter), "--out", str(out), "--overwrite", fault="replace:between-renames:INT"
-    )
+    out, before, stopped = overwrite_stopped_between_renames(task_adapter, align_adapter, tmp_path, "INT")
     assert stopped.returncode == 130 and stopped.stderr.strip().splitlines()[-1].startswith("error: interrupted")
     assert folder_bytes(out) == before and leftovers(tmp_path) == []
 
