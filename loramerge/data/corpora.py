@@ -293,6 +293,8 @@ def write_jsonl_files(files: dict[Path, list[dict[str, str]]], overwrite: bool) 
             os.chmod(name, usual_mode(directory=False))  # mkstemp makes 0600; the data file is the user's to share
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+                stream.flush()
+                os.fsync(stream.fileno())  # on disk before the rename publishes it
         for path, temporary in staged.items():
             os.replace(temporary, path)
     finally:
