@@ -100,6 +100,9 @@ def print_merge_summary(result: MergeResult) -> None:
     table.add_row("modules", str(report["modules_merged"]))
     ranks = report["rank_min"], report["rank_max"]
     table.add_row("rank", str(ranks[0]) if ranks[0] == ranks[1] else f"{ranks[0]}-{ranks[1]}")
+    layout = report["layout"]
+    stored = f", stored at rank {layout['stored_rank']}" if layout["stored_rank"] is not None else ""
+    table.add_row("layout", f"{layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}")
     table.add_row("max relative error", f"{report['max_relative_error']:.2e}")
     console.print(table)
     for warning in result.warnings:
@@ -135,6 +138,12 @@ def merge(
         bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")
     ] = False,
     push_to: PushToOption = None,
+    layout: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layout", help="portable (default: one rank, no patterns; PEFT, vLLM, llama.cpp, TGI) or compact (PEFT, vLLM)."
+        ),
+    ] = None,
     search: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -167,6 +176,7 @@ def merge(
             "dtype": dtype,
             "seed": seed,
             "allow_base_mismatch": allow_base_mismatch or None,
+            "layout": layout,
         }
         check_push_target(push_to)
         merge_recipe = merge_recipe_from_flags(sources, recipe, overrides, weights, flags)
@@ -180,6 +190,32 @@ def merge(
         print_merge_summary(result)
         if push_to is not None:
             push_output(result.out, push_to)
+
+    run_safely(debug, action)
+
+
+@app.command()
+def export(
+    source: Annotated[
+        str, typer.Argument(help="Any PEFT LoRA adapter folder or Hub id org/name[@revision].", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the rewritten adapter.")],
+    layout: Annotated[str, typer.Option("--layout", help="portable (every server) or compact (PEFT and vLLM).")] = "portable",
+    rank: Annotated[
+        Optional[int], typer.Option("--rank", help="Recompress to this rank (optimal truncation, as merge --method svd).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Rewrite one adapter so servers apply what PEFT does: rsLoRA, rank and alpha patterns folded into the
+    factors, one rank for every module (e.g. an rsLoRA adapter that llama.cpp serves at 1/sqrt(r) strength)."""
+
+    def action() -> None:
+        flags = {"method": "svd" if rank is not None else "cat", "rank": rank, "layout": layout}
+        recipe = validate_recipe(
+            MergeRecipe, {"sources": [{"path": source}], **flags}, "arguments", {"layout": f"--layout {layout}"}
+        )
+        print_merge_summary(run_merge_command(recipe, out, overwrite))
 
     run_safely(debug, action)
 

@@ -27,6 +27,7 @@ from loramerge.errors import ProblemList
 from loramerge.hub.card import MergedInput, input_card_metadata, render_merge_card
 from loramerge.merge.inputs import carry_tensors, load_and_check, read_factors
 from loramerge.merge.layer_weights import layer_index, module_weight
+from loramerge.merge.layout import SERVED_BY, missing_in_layers, pad_factors, same_place_key
 from loramerge.merge.methods import METHODS, Contribution, MethodSettings
 from loramerge.merge.peft_config import merged_config
 from loramerge.merge.recipe import MergeRecipe, MergeSource
@@ -143,6 +144,29 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def portable_plan(
+    plan: list[tuple[str, str, str, int, int, int]], filled: dict[str, str], rank: int
+) -> list[tuple[str, str, str, int, int, int]]:
+    """Every module at one rank, then the zero modules that complete each module type's layers."""
+    by_name = {entry[0]: entry for entry in plan}
+    padded = [(name, a_key, b_key, rank, fan_in, fan_out) for name, a_key, b_key, _, fan_in, fan_out in plan]
+    for name, example in filled.items():
+        _, a_key, b_key, _, fan_in, fan_out = by_name[example]
+        padded.append((name, same_place_key(a_key, example, name), same_place_key(b_key, example, name), rank, fan_in, fan_out))
+    return padded
+
+
+def portable_outputs(
+    outputs: Iterable[MergedModule], filled: dict[str, str], plan: list[tuple[str, str, str, int, int, int]], rank: int
+) -> Iterator[MergedModule]:
+    for output in outputs:
+        a, b = pad_factors(output.a, output.b, rank)
+        yield MergedModule(output.name, output.a_key, output.b_key, a, b, output.entry)
+    for name, a_key, b_key, _, fan_in, fan_out in portable_plan(plan, filled, rank)[len(plan) :]:
+        # zero factors: no update, but the module type is complete in every layer (TGI/LoRAX drop it otherwise)
+        yield MergedModule(name, a_key, b_key, torch.zeros(rank, fan_in), torch.zeros(fan_out, rank), {"zero_filled": True})
+
+
 def write_weights(
     path: Path,
     outputs: Iterable[MergedModule],
@@ -156,7 +180,8 @@ def write_weights(
         for output in outputs:
             writer.write(output.a_key, output.a.to(dtype).contiguous())
             writer.write(output.b_key, output.b.to(dtype).contiguous())
-            entries[output.name] = output.entry
+            if not output.entry.get("zero_filled"):  # the report lists merged modules only
+                entries[output.name] = output.entry
             if on_module is not None:
                 on_module(output.name)
         for key, tensor in carried.items():
@@ -220,14 +245,27 @@ def merge_adapters(
                 ranks = {output.name: output.entry["rank"] for output in outputs}
             first = {name: next(a.modules[name] for a in adapters if name in a.modules) for name in names}
             plan = [(n, first[n].a_key, first[n].b_key, ranks[n], first[n].in_features, first[n].out_features) for n in names]
+            stored_rank, filled = None, {}
+            if recipe.layout == "portable":
+                stored_rank = max(ranks.values())
+                filled = missing_in_layers(names)
+                outputs = portable_outputs(outputs, filled, plan, stored_rank)
+                plan = portable_plan(plan, filled, stored_rank)
             modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
             problems.raise_if_any()
             list(hashing)  # re-raises a hashing error, if any
             base_model = recipe.base_model or adapters[0].base_model
-            config = merged_config(adapters, {name: entry["rank"] for name, entry in modules.items()}, base_model)
+            stored_ranks = {name: rank for name, _, _, rank, _, _ in plan}
+            config = merged_config(adapters, stored_ranks, base_model)
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             report = {
                 **build_report(recipe, modules),
+                "layout": {
+                    "name": recipe.layout,
+                    "stored_rank": stored_rank,
+                    "zero_filled_modules": sorted(filled, key=natural_key),
+                    "served_exactly_by": SERVED_BY[recipe.layout],
+                },
                 "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
             }
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -68,6 +68,11 @@ class MergeRecipe(StrictModel):
     num_layers: int | None = Field(None, gt=0, description="depth for depth_weights; default: deepest layer seen + 1")
     base_model: str | None = Field(None, description="base_model_name_or_path of the output; default: the inputs'")
     allow_base_mismatch: bool = False
+    layout: Literal["portable", "compact"] = Field(
+        "portable",
+        description="portable: one zero-padded rank, no patterns, served alike by PEFT, vLLM, llama.cpp and TGI/LoRAX; "
+        "compact: per-module ranks with rank_pattern (PEFT and vLLM only)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeRecipe:

@@ -29,7 +29,11 @@ def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dic
 
 def summarise(report: dict[str, Any]) -> str:
     ranks = f"{report['rank_min']}" if report["rank_min"] == report["rank_max"] else f"{report['rank_min']}-{report['rank_max']}"
-    return f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
+    text = f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
+    if (layout := report.get("layout")) is not None:
+        stored = f" (every module stored at rank {layout['stored_rank']})" if layout["stored_rank"] is not None else ""
+        text += f" Layout {layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}."
+    return text
 
 
 def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from loramerge import merge_adapters
 from loramerge.testing.tiny import load_model
 from loramerge.testing.verify import merged_logits_gap, peft_delta_weights
-from tests.helpers import relative_error, tensor_keys
+from tests.helpers import relative_error, tensor_keys, weighted_sum
 
 
 def sources(*pairs):
@@ -38,7 +38,7 @@ def test_merged_logits_equal_base_plus_weighted_updates(tiny_base, task_adapter,
 
 def test_rslora_and_patterns_are_folded_into_the_factors(tiny_base, align_adapter, tmp_path):
     out = tmp_path / "m"
-    merge_adapters(sources((align_adapter, 2.0)), out)
+    merge_adapters({**sources((align_adapter, 2.0)), "layout": "compact"}, out)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["use_rslora"] is False
     assert config["lora_alpha"] == config["r"] == 4
@@ -97,3 +97,29 @@ def test_ties_of_one_adapter_at_full_density_is_that_adapter(tiny_base, task_ada
     actual, expected = peft_delta_weights(tiny_base, tmp_path / "m"), peft_delta_weights(tiny_base, task_adapter)
     for name in expected:
         assert relative_error(actual[name], expected[name]) < 1e-4, name
+
+
+def test_the_portable_layout_has_one_rank_and_no_patterns_and_peft_serves_it_exactly(
+    tiny_base, task_adapter, align_adapter, tmp_path
+):
+    """task (r 8, every layer) + align (r 4 with a rank-2 module, rsLoRA, layers 0-1): the default output pads every
+    module to rank 12 with lora_alpha 12 and no patterns, and PEFT applies exactly the weighted sum."""
+    out = tmp_path / "m"
+    result = merge_adapters(sources((task_adapter, 1.0), (align_adapter, 0.5)), out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 12 and config["use_rslora"] is False
+    assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    assert {t.shape[0] for k, t in tensors.items() if "lora_A" in k} == {12}
+    assert {t.shape[1] for k, t in tensors.items() if "lora_B" in k} == {12}
+    # layers 2-3 have only the task's rank 8: the padding is zeros, so their update is unchanged
+    a = tensors["base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"]
+    assert a[8:].abs().sum() == 0
+    layout = result.report["layout"]
+    assert layout["name"] == "portable" and layout["stored_rank"] == 12 and "llama.cpp" in layout["served_exactly_by"]
+    expected = weighted_sum(
+        [peft_delta_weights(tiny_base, task_adapter), peft_delta_weights(tiny_base, align_adapter)], [1.0, 0.5]
+    )
+    actual = peft_delta_weights(tiny_base, out)
+    for name in expected:
+        assert relative_error(actual[name], expected[name]) < 1e-5, name
