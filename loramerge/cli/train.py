@@ -78,6 +78,11 @@ def run_training(
         )
         raise typer.Exit(130)
     console.print(f"adapter written to {result.out}")
+    if recipe.lora.use_rslora:  # the servers' scaling differs from PEFT's for rsLoRA (README: Serving)
+        console.print(
+            f"[yellow]warning:[/yellow] rsLoRA: llama.cpp applies this adapter at 1/sqrt(r) of its strength; "
+            f"`loramerge export {result.out} --out {result.out}-portable` writes one that every server applies alike"
+        )
     if push_to is not None:
         push_output(result.out, push_to)
 

@@ -326,3 +326,13 @@ def test_a_run_killed_before_its_first_checkpoint_sends_both_commands_the_same_w
     assert rerun.exit_code == 0, rerun.stderr
     assert "nothing to resume" in rerun.stderr
     assert (out / "adapter_model.safetensors").is_file() and not (tmp_path / "align.run").exists()
+
+
+def test_an_rslora_adapter_comes_with_the_export_command_that_servers_need(tiny_model_dir, example_data, tmp_path):
+    out = tmp_path / "rs"
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"], "--set", "lora.use_rslora=true", "--out", str(out))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"loramerge export {out} --out {out}-portable" in " ".join(result.stderr.split())
+    plain = CliRunner().invoke(app, align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(tmp_path / "plain")))
+    assert plain.exit_code == 0 and "rsLoRA" not in plain.stderr
