@@ -1,6 +1,7 @@
 """Does llama.cpp apply what PEFT applies? loramerge's outputs served by llama.cpp itself, logits against PEFT's.
 
-    .venv/bin/python bench/serving.py [--llama-python PATH] [--keep]
+    .venv/bin/pip install sentencepiece   # llama.cpp's converters need it to read the tokenizer
+    .venv/bin/python bench/serving.py [--llama-python PATH]
 
 1. llama.cpp: llama-cpp-python 0.3.36 built from its PyPI source once, into bench/out/serving/llamacpp-venv
    (about 10-20 minutes on 2 cores; or pass --llama-python, a Python that can import llama_cpp); the same
@@ -146,6 +147,10 @@ def main() -> None:
     parser.add_argument("--llama-python", help="a Python that can import llama_cpp (default: build one)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        sys.exit("llama.cpp's converter needs sentencepiece: .venv/bin/pip install sentencepiece")
     python, llama_cpp_source = llama_environment(args.llama_python)
 
     from transformers import AutoTokenizer

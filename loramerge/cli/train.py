@@ -81,7 +81,8 @@ def run_training(
     if recipe.lora.use_rslora:  # the servers' scaling differs from PEFT's for rsLoRA (README: Serving)
         console.print(
             f"[yellow]warning:[/yellow] rsLoRA: llama.cpp applies this adapter at 1/sqrt(r) of its strength; "
-            f"`loramerge export {result.out} --out {result.out}-portable` writes one that every server applies alike"
+            f"`loramerge export {result.out} --out {result.out}-portable` writes one that every server applies alike",
+            soft_wrap=True,  # a command to copy: never broken across lines
         )
     if push_to is not None:
         push_output(result.out, push_to)
