@@ -117,6 +117,8 @@ def test_the_portable_layout_has_one_rank_and_no_patterns_and_peft_serves_it_exa
     assert a[8:].abs().sum() == 0
     layout = result.report["layout"]
     assert layout["name"] == "portable" and layout["stored_rank"] == 12 and "llama.cpp" in layout["served_exactly_by"]
+    card = (out / "README.md").read_text()
+    assert "Layout portable (every module stored at rank 12): served exactly by PEFT, vLLM, llama.cpp, TGI, LoRAX." in card
     expected = weighted_sum(
         [peft_delta_weights(tiny_base, task_adapter), peft_delta_weights(tiny_base, align_adapter)], [1.0, 0.5]
     )
