@@ -126,7 +126,7 @@ def _check_config_features(config_path: Path, config: dict[str, Any], problems: 
             problems.add(f"{config_path}: {key} must be a positive number, got {config.get(key)!r}")
 
 
-def _split_key(key: str) -> tuple[str, str, bool] | None:
+def split_key(key: str) -> tuple[str, str, bool] | None:
     """'base_model.model.x.lora_A.weight' -> ('x', 'A', False); None for non-factor keys."""
     for suffix, (factor, embedding) in FACTOR_SUFFIXES.items():
         if key.startswith(KEY_PREFIX) and key.endswith(suffix):
@@ -176,7 +176,7 @@ def _index_tensors(
         if unsupported:
             problems.add(f"{weights_path}: tensor {key} holds {unsupported}, which the merge does not support")
             continue
-        split = _split_key(key)
+        split = split_key(key)
         if split is None:
             if "lora_" in key or not key.startswith(KEY_PREFIX):
                 problems.add(

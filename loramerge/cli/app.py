@@ -18,6 +18,7 @@ from loramerge.cli.train import train_align, train_task
 from loramerge.errors import LoramergeError
 from loramerge.merge.engine import MergeResult, merge_adapters
 from loramerge.merge.recipe import MergeRecipe
+from loramerge.merge.report import describe_layout
 from loramerge.merge.search import SearchSettings
 from loramerge.parsing import parse_float_list
 from loramerge.recipes import override_origins, recipe_data, validate_recipe
@@ -100,9 +101,7 @@ def print_merge_summary(result: MergeResult) -> None:
     table.add_row("modules", str(report["modules_merged"]))
     ranks = report["rank_min"], report["rank_max"]
     table.add_row("rank", str(ranks[0]) if ranks[0] == ranks[1] else f"{ranks[0]}-{ranks[1]}")
-    layout = report["layout"]
-    stored = f", stored at rank {layout['stored_rank']}" if layout["stored_rank"] is not None else ""
-    table.add_row("layout", f"{layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}")
+    table.add_row("layout", describe_layout(report["layout"]))
     table.add_row("max relative error", f"{report['max_relative_error']:.2e}")
     console.print(table)
     for warning in result.warnings:

@@ -14,10 +14,8 @@ from typing import Any
 
 from safetensors import safe_open
 
-from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE
+from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE, split_key
 from loramerge.errors import LoramergeError
-
-PREFIX = "base_model.model."
 
 
 def check_adapter_folder(path: Path) -> None:
@@ -47,10 +45,9 @@ def factor_shapes(path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
         keys = handle.keys()  # a safetensors handle is not iterable itself
         for key in keys:
-            for marker, factor in ((".lora_A.", "A"), (".lora_B.", "B")):
-                if marker in key and key.startswith(PREFIX):
-                    module = key[len(PREFIX) :].split(marker)[0]
-                    modules.setdefault(module, {})[factor] = tuple(handle.get_slice(key).get_shape())
+            if (split := split_key(key)) is not None:
+                module, factor, _ = split
+                modules.setdefault(module, {})[factor] = tuple(handle.get_slice(key).get_shape())
     return modules
 
 

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loramerge.errors import LoramergeError
+from loramerge.evaluate.metrics import UNDETERMINED
 from loramerge.output_lock import output_lock
 from loramerge.parsing import comma_list
 
@@ -47,7 +48,7 @@ def parse_supervised(text: str | None) -> list[str] | None:
 
 def check_supervised_in_data(supervised: list[str] | None, records: list[Any], data: Path) -> None:
     """A supervised language the data lacks would make a mean over fewer languages than the user meant."""
-    present = {record.lang or "und" for record in records}
+    present = {record.lang or UNDETERMINED for record in records}
     missing = [lang for lang in supervised or [] if lang not in present]
     if missing:
         raise LoramergeError(

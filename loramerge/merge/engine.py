@@ -157,12 +157,13 @@ def portable_plan(
 
 
 def portable_outputs(
-    outputs: Iterable[MergedModule], filled: dict[str, str], plan: list[tuple[str, str, str, int, int, int]], rank: int
+    outputs: Iterable[MergedModule], fillers: list[tuple[str, str, str, int, int, int]], rank: int
 ) -> Iterator[MergedModule]:
+    """Each merged module padded to `rank`, then the planned zero modules (`portable_plan`'s tail)."""
     for output in outputs:
         a, b = pad_factors(output.a, output.b, rank)
         yield MergedModule(output.name, output.a_key, output.b_key, a, b, output.entry)
-    for name, a_key, b_key, _, fan_in, fan_out in portable_plan(plan, filled, rank)[len(plan) :]:
+    for name, a_key, b_key, _, fan_in, fan_out in fillers:
         # zero factors: no update, but the module type is complete in every layer (TGI/LoRAX drop it otherwise)
         yield MergedModule(name, a_key, b_key, torch.zeros(rank, fan_in), torch.zeros(fan_out, rank), {"zero_filled": True})
 
@@ -249,8 +250,8 @@ def merge_adapters(
             if recipe.layout == "portable":
                 stored_rank = max(ranks.values())
                 filled = missing_in_layers(names)
-                outputs = portable_outputs(outputs, filled, plan, stored_rank)
                 plan = portable_plan(plan, filled, stored_rank)
+                outputs = portable_outputs(outputs, plan[len(names) :], stored_rank)
             modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
             problems.raise_if_any()
             list(hashing)  # re-raises a hashing error, if any

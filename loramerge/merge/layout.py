@@ -19,17 +19,17 @@ vLLM serve it exactly (its alpha/r is 1 everywhere), llama.cpp and TGI/LoRAX do 
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
+
+from loramerge.merge.layer_weights import LAYER_INDEX
 
 Layout = Literal["portable", "compact"]
 SERVED_BY: dict[str, list[str]] = {
     "portable": ["PEFT", "vLLM", "llama.cpp", "TGI", "LoRAX"],
     "compact": ["PEFT", "vLLM"],
 }
-LAYER = re.compile(r"\.(\d+)\.")  # the first .N. in a module name is its layer index
 
 
 def pad_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +42,7 @@ def pad_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tens
 
 def module_type(name: str) -> tuple[str, int] | None:
     """'model.layers.3.mlp.up_proj' -> ('model.layers.{}.mlp.up_proj', 3); None outside the layer stack."""
-    match = LAYER.search(name)
+    match = LAYER_INDEX.search(name)  # the first .N. is the layer index, as for layer rules
     if match is None:
         return None
     return name[: match.start()] + ".{}." + name[match.end() :], int(match.group(1))

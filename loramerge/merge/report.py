@@ -31,9 +31,14 @@ def summarise(report: dict[str, Any]) -> str:
     ranks = f"{report['rank_min']}" if report["rank_min"] == report["rank_max"] else f"{report['rank_min']}-{report['rank_max']}"
     text = f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
     if (layout := report.get("layout")) is not None:
-        stored = f" (every module stored at rank {layout['stored_rank']})" if layout["stored_rank"] is not None else ""
-        text += f" Layout {layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}."
+        text += f" Layout {describe_layout(layout)}."
     return text
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    """'portable (every module stored at rank 16): served exactly by PEFT, vLLM, ...', for the card and the CLI."""
+    stored = f" (every module stored at rank {layout['stored_rank']})" if layout["stored_rank"] is not None else ""
+    return f"{layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}"
 
 
 def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:
