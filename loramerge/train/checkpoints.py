@@ -3,6 +3,12 @@
 Only the trainable (LoRA) tensors are stored, not the frozen base model: a checkpoint of an 8B model
 with r=8 adapters is ~80 MB instead of 16 GB. Each process stores its own RNG state so dropout
 continues identically after a resume.
+
+Under data parallelism (DDP) every process holds the whole optimizer state, so the main process saves it
+in `optimizer.pt`. Under FSDP each process holds only its shard: every process writes its shard into
+`optimizer-shards/` with torch.distributed.checkpoint (one `__<rank>_0.distcp` file each, plus `.metadata`),
+which can be read back by any number of processes. The LoRA tensors are gathered in full into
+`trainable.safetensors` in both cases, so the file means the same thing whatever wrote it.
 """
 
 from __future__ import annotations
@@ -15,14 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from loramerge.atomic import recover_interrupted_replace, replace_directory
+from loramerge.errors import LoramergeError
 from loramerge.faults import crash_point
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 PARAMS_FILE = "trainable.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
+OPTIMIZER_FILE = "optimizer.pt"  # DDP and one process: optimizer and scheduler; FSDP: the scheduler only
+SHARDED_OPTIMIZER_DIR = "optimizer-shards"  # FSDP: every process's optimizer shard (torch.distributed.checkpoint)
 STATE_FILE = "trainer_state.json"
 
 
@@ -44,9 +60,38 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def gathered_trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full trainable tensors of a sharded (FSDP) model, on the main process; an empty dict elsewhere.
+
+    Every process must call it (the shards are gathered). Frozen parameters are left out, so the base model is
+    never gathered: only the LoRA factors travel. Names are those of the unsharded model.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return {name: tensor.contiguous() for name, tensor in get_model_state_dict(model, options=options).items()}
+
+
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    # accelerate wraps the optimizer; torch.distributed.checkpoint wants the one that owns the parameters
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)) and p.is_dir()]
     return max(found)[1] if found else None
+
+
+Parts = tuple[dict[str, torch.Tensor], dict[str, Any]]  # the trainable tensors, what optimizer.pt holds
+
+
+def whole_parts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Parts:
+    return trainable_tensors(model), {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def sharded_parts(staging: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Parts:
+    """FSDP, on every process: gather the LoRA tensors (to the main process) and write this process's optimizer shard."""
+    tensors = gathered_trainable_tensors(model)
+    dcp.save(get_optimizer_state_dict(model, inner_optimizer(optimizer)), checkpoint_id=staging / SHARDED_OPTIMIZER_DIR)
+    return tensors, {"scheduler": scheduler.state_dict()}
 
 
 def write_checkpoint(
@@ -59,15 +104,22 @@ def write_checkpoint(
     is_main: bool,
     process_index: int,
     rng: dict[str, Any],
+    sharded: bool = False,
 ) -> Path:
-    """Write checkpoint-<step> (complete or absent: staged, then renamed) and drop older ones."""
+    """Write checkpoint-<step>'s files into its staging folder; publish_checkpoint makes it visible.
+
+    sharded (FSDP): `model` is the prepared (sharded) model and every process must call this, since the
+    LoRA tensors are gathered and each process writes its optimizer shard.
+    """
     target = folder / f"checkpoint-{step}"
     staging = folder / f".checkpoint-{step}.partial"
     staging.mkdir(parents=True, exist_ok=True)
     torch.save(rng, staging / f"rng-{process_index}.pt")
+    parts = sharded_parts(staging, model, optimizer, scheduler) if sharded else None  # every process takes part
     if is_main:
-        save_file(trainable_tensors(model), str(staging / PARAMS_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / OPTIMIZER_FILE)
+        tensors, states = parts or whole_parts(model, optimizer, scheduler)
+        save_file(tensors, str(staging / PARAMS_FILE))
+        torch.save(states, staging / OPTIMIZER_FILE)
         (staging / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, indent=2) + "\n", encoding="utf-8")
     return target
 
@@ -93,17 +145,51 @@ def clean_checkpoint_leftovers(folder: Path) -> list[str]:
     return notes
 
 
-def read_checkpoint(
-    checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, process_index: int
-) -> dict[str, Any]:
-    """Load a checkpoint into the model, optimizer and scheduler; return the trainer state."""
+def load_sharded(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """FSDP: every process loads the full LoRA tensors (each keeps its shard) and reads its optimizer shard."""
+    if not (checkpoint / SHARDED_OPTIMIZER_DIR).is_dir():
+        raise LoramergeError(
+            f"{checkpoint} was written without FSDP (its optimizer state is one file, not shards): resume it with the launch "
+            "configuration that started it"
+        )
+    tensors = load_file(str(checkpoint / PARAMS_FILE))
+    set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+    optimizer = inner_optimizer(optimizer)
+    shards = get_optimizer_state_dict(model, optimizer)  # the layout to read into: this process's shard of each state
+    dcp.load(shards, checkpoint_id=checkpoint / SHARDED_OPTIMIZER_DIR)
+    set_optimizer_state_dict(model, optimizer, shards)
+
+
+def load_whole(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, states: dict[str, Any]) -> None:
+    if "optimizer" not in states:
+        raise LoramergeError(
+            f"{checkpoint} was written under FSDP (its optimizer state is sharded): resume it with an FSDP launch configuration"
+        )
     tensors = load_file(str(checkpoint / PARAMS_FILE))
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in tensors.items():
             parameters[name].copy_(tensor.to(parameters[name].device))
-    states = torch.load(checkpoint / OPTIMIZER_FILE, weights_only=False)
     optimizer.load_state_dict(states["optimizer"])
+
+
+def read_checkpoint(
+    checkpoint: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    process_index: int,
+    sharded: bool = False,
+) -> dict[str, Any]:
+    """Load a checkpoint into the model, optimizer and scheduler; return the trainer state.
+
+    sharded (FSDP): `model` is the prepared (sharded) model and every process must call this.
+    """
+    states = torch.load(checkpoint / OPTIMIZER_FILE, weights_only=False)
+    if sharded:
+        load_sharded(checkpoint, model, optimizer)
+    else:
+        load_whole(checkpoint, model, optimizer, states)
     scheduler.load_state_dict(states["scheduler"])
     rng_file = checkpoint / f"rng-{process_index}.pt"
     if rng_file.exists():

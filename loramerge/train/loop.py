@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from loramerge.faults import crash_point
 from loramerge.train.batches import BatchStream
@@ -93,16 +94,18 @@ def save_checkpoint(
     streams: dict[str, BatchStream],
 ) -> None:
     """Called only at step boundaries, where parameters, optimizer and data positions agree."""
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     write_checkpoint(
         settings.checkpoint_dir,
         state.step,
-        accelerator.unwrap_model(model),
+        model if sharded else accelerator.unwrap_model(model),  # FSDP gathers through the sharded model
         optimizer,
         scheduler,
         {"loop": state.state_dict(), "streams": {name: stream.state_dict() for name, stream in streams.items()}},
         accelerator.is_main_process,
         accelerator.process_index,
         rng_state(),
+        sharded=sharded,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

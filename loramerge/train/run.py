@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin, set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
@@ -41,7 +42,12 @@ from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model
 from loramerge.output_lock import is_launch_main, notice, output_lock
 from loramerge.recipes import dump_recipe
 from loramerge.train.batches import BatchStream
-from loramerge.train.checkpoints import clean_checkpoint_leftovers, latest_checkpoint, read_checkpoint
+from loramerge.train.checkpoints import (
+    clean_checkpoint_leftovers,
+    gathered_trainable_tensors,
+    latest_checkpoint,
+    read_checkpoint,
+)
 from loramerge.train.eval_loss import batches, make_evaluator
 from loramerge.train.log import MetricsLog, truncate_metrics
 from loramerge.train.loop import LoopSettings, LoopState, StepCallback, run_loop
@@ -223,12 +229,54 @@ def make_accelerator(recipe: TrainRecipe, joint: bool) -> Accelerator:
     # Joint training leaves the LoRA above layer k without gradient in alignment steps; DDP must be told.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=joint)]
     # accelerate only recognises torchrun/accelerate-launch CPU workers (gloo) when told it runs on CPU.
-    return Accelerator(
-        mixed_precision=recipe.precision,
-        kwargs_handlers=handlers,
-        step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
+    cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(
+        mixed_precision=recipe.precision, kwargs_handlers=handlers, step_scheduler_with_optimizer=False, cpu=cpu
     )
+    if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        shard_on_cpu(accelerator)
+    return accelerator
+
+
+def fsdp_requested() -> bool:
+    """`accelerate launch` with an FSDP config (distributed_type: FSDP) says so through the environment."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def shard_on_cpu(accelerator: Accelerator) -> None:
+    """Turn a CPU (gloo) launch that asked for FSDP into FSDP, as accelerate does for GPUs.
+
+    accelerate 1.15 switches only GPU-like process groups to FSDP (AcceleratorState leaves MULTI_CPU alone), so
+    a CPU launch with an FSDP config would silently train with DDP. FSDP itself (fully_shard, FSDP2) runs on CPU
+    with gloo; switching the state here makes accelerate's own FSDP preparation run, the same code as on GPUs.
+    """
+    state = accelerator.state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* environment
+    if state.mixed_precision != "no":
+        state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what AcceleratorState does on GPUs
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def objective_module(peft_model: PeftModel, align_layer: int | None, recipe: TrainRecipe) -> ObjectiveModel:
+    objective = ObjectiveModel(peft_model, align_layer, recipe.align)
+    # FSDP's transformer wrap policy reads the block classes from the wrapped model's _no_split_modules; without
+    # them the whole model would be one FSDP unit, gathered in full for every forward.
+    objective._no_split_modules = list(getattr(peft_model.get_base_model(), "_no_split_modules", None) or [])
+    return objective
+
+
+def final_adapter_weights(accelerator: Accelerator, objective_model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """FSDP: the gathered LoRA tensors, named as in the PEFT model, for save_pretrained (which would otherwise
+    write this process's shards). Every process must call it; None without FSDP (PEFT reads its own model)."""
+    if not is_sharded(accelerator):
+        return None
+    prefix = "model."  # ObjectiveModel holds the PEFT model as .model
+    return {name.removeprefix(prefix): tensor for name, tensor in gathered_trainable_tensors(objective_model).items()}
 
 
 def train_adapter(
@@ -271,16 +319,17 @@ def train_adapter(
         scheduler = get_scheduler(
             SCHEDULES[recipe.optimizer.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=steps
         )
-        objective_model, optimizer = accelerator.prepare(ObjectiveModel(peft_model, align_layer, recipe.align), optimizer)
+        objective_model, optimizer = accelerator.prepare(objective_module(peft_model, align_layer, recipe), optimizer)
         run_dir = run_dir_for(out)
         state = LoopState()
         if resume:
             saved = read_checkpoint(
                 latest_checkpoint(run_dir / "checkpoints"),
-                accelerator.unwrap_model(objective_model),
+                objective_model if is_sharded(accelerator) else accelerator.unwrap_model(objective_model),
                 optimizer,
                 scheduler,
                 accelerator.process_index,
+                sharded=is_sharded(accelerator),
             )
             state = LoopState(**saved["loop"])
             if accelerator.is_main_process:  # rows logged after this checkpoint will be logged again
@@ -309,6 +358,7 @@ def train_adapter(
             log.write({"step": state.step, "final": True, **final_metrics})
         finally:
             log.close()
+        adapter_weights = final_adapter_weights(accelerator, objective_model)
         if accelerator.is_main_process:
             summary = TrainingSummary(
                 kind={"align": "alignment", "task": "joint task + alignment" if joint else "task"}[mode],
@@ -317,7 +367,7 @@ def train_adapter(
                 final_metrics=final_metrics,
                 base_commit=source_commit(source),
             )
-            write_outputs(peft_model, recipe, summary, out, run_dir, languages_of(records, pairs))
+            write_outputs(peft_model, recipe, summary, out, run_dir, languages_of(records, pairs), adapter_weights)
         accelerator.wait_for_everyone()
         return TrainResult(
             out=out,
@@ -357,12 +407,19 @@ def hyperparameters(recipe: TrainRecipe, align_layer: int | None, steps: int, pr
 
 
 def write_outputs(
-    peft_model: PeftModel, recipe: TrainRecipe, summary: TrainingSummary, out: Path, run_dir: Path, languages: list[str]
+    peft_model: PeftModel,
+    recipe: TrainRecipe,
+    summary: TrainingSummary,
+    out: Path,
+    run_dir: Path,
+    languages: list[str],
+    adapter_weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """adapter_weights: the gathered LoRA tensors of a sharded (FSDP) model; None: PEFT reads them from its model."""
     recipe_yaml = dump_recipe(recipe)
     base_model = peft_model.peft_config["default"].base_model_name_or_path
     with atomic_directory(out) as staging:
-        peft_model.save_pretrained(staging)
+        peft_model.save_pretrained(staging, state_dict=adapter_weights)
         crash_point("train:final-write")
         (staging / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
         (staging / "README.md").write_text(render_training_card(summary, recipe_yaml, base_model, languages), encoding="utf-8")
