@@ -6,8 +6,8 @@ continues identically after a resume.
 
 Under data parallelism (DDP) every process holds the whole optimizer state, so the main process saves it
 in `optimizer.pt`. Under FSDP each process holds only its shard: every process writes its shard into
-`optimizer-shards/` with torch.distributed.checkpoint (one `__<rank>_0.distcp` file each, plus `.metadata`),
-which can be read back by any number of processes. The LoRA tensors are gathered in full into
+`optimizer-shards/` with torch.distributed.checkpoint (one `__<rank>_0.distcp` file each, plus `.metadata`);
+--resume reads them with the same launch configuration. The LoRA tensors are gathered in full into
 `trainable.safetensors` in both cases, so the file means the same thing whatever wrote it.
 """
 
@@ -155,8 +155,11 @@ def load_sharded(checkpoint: Path, model: torch.nn.Module, optimizer: torch.opti
     tensors = load_file(str(checkpoint / PARAMS_FILE))
     set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
     optimizer = inner_optimizer(optimizer)
-    shards = get_optimizer_state_dict(model, optimizer)  # the layout to read into: this process's shard of each state
+    # The layout to read into: this process's shard of each state (a fresh optimizer's is made by a zero-lr step).
+    # dcp.load reads into each state the part this process holds, located by its offsets in the shards' metadata.
+    shards = get_optimizer_state_dict(model, optimizer)
     dcp.load(shards, checkpoint_id=checkpoint / SHARDED_OPTIMIZER_DIR)
+    # FSDP2's states may be filled in place by now, but step counts, param_groups and other wrappers need this
     set_optimizer_state_dict(model, optimizer, shards)
 
 
