@@ -1,17 +1,18 @@
-"""The task objective runs the LM head only where a supervised token is predicted; loss and gradients must not change."""
+"""The task objective's fast paths (the fused head loss over supervised tokens; the head on predicting positions
+only) must not change the loss or the gradients of the plain full-logits computation."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from loramerge.data.records import IGNORE_INDEX
-from loramerge.testing.tiny import ALL_LINEAR, load_model, randomize_trainable
+from loramerge.testing.tiny import ALL_LINEAR, randomize_trainable
 from loramerge.train.losses import predicting_positions, supervised_tokens, task_loss
 from loramerge.train.objectives import TASK, ObjectiveModel
 from loramerge.train.recipe import AlignSettings
+from tests.tiny_configs import ARCHITECTURES, build_tiny
 
 
 def test_predicting_positions_by_hand() -> None:
@@ -22,12 +23,16 @@ def test_predicting_positions_by_hand() -> None:
     assert predicting_positions(labels).tolist() == [0, 1, 2]
 
 
-def test_head_on_supervised_positions_matches_the_full_logits_loss(tiny_base: Path) -> None:
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_fast_task_losses_match_the_full_logits_loss(architecture: str, fused_head: bool) -> None:
     torch.manual_seed(0)
-    model = get_peft_model(load_model(tiny_base), LoraConfig(r=4, target_modules=ALL_LINEAR))
+    model = get_peft_model(build_tiny(architecture), LoraConfig(r=4, target_modules=ALL_LINEAR))
     randomize_trainable(model, seed=1)
-    objective = ObjectiveModel(model, None, AlignSettings())
-    assert objective.head_on_supervised_only  # Llama's forward takes logits_to_keep
+    model.train()  # LoRA dropout is 0 here, so train mode is deterministic
+    objective = ObjectiveModel(model, None, AlignSettings(), fused_head=fused_head)
+    assert objective.fused_head == fused_head  # every tiny architecture has a plain linear head
+    assert objective.head_on_supervised_only  # and a forward that takes logits_to_keep
     input_ids = torch.randint(3, model.config.vocab_size, (3, 12))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 9:] = 0
