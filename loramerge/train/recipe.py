@@ -66,6 +66,9 @@ class TrainRecipe(StrictModel):
     max_length: int = Field(512, gt=1, description="tokens per task example")
     precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
+    split_by_length: bool = Field(
+        True, description="run each micro-batch as sub-batches of similar length: the same loss, no compute on padding"
+    )
     seed: int = 0
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0)

@@ -263,7 +263,7 @@ def is_sharded(accelerator: Accelerator) -> bool:
 
 
 def objective_module(peft_model: PeftModel, align_layer: int | None, recipe: TrainRecipe) -> ObjectiveModel:
-    objective = ObjectiveModel(peft_model, align_layer, recipe.align)
+    objective = ObjectiveModel(peft_model, align_layer, recipe.align, split_by_length=recipe.split_by_length)
     # FSDP's transformer wrap policy reads the block classes from the wrapped model's _no_split_modules; without
     # them the whole model would be one FSDP unit, gathered in full for every forward.
     objective._no_split_modules = list(getattr(peft_model.get_base_model(), "_no_split_modules", None) or [])
