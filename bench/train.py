@@ -1,25 +1,23 @@
-"""Training benchmark: loramerge's trainer vs a plain transformers Trainer, and alignment vs task step time.
+"""Training benchmark on the bundled models: loramerge vs transformers Trainer + PEFT, side by side.
 
-Run:  .venv/bin/python bench/train.py [--quick] [--vocab N] [--only throughput|steps]
-Prints markdown tables and writes bench/out/train.json and bench/out/train.md (train-<variant>.* with options).
+    .venv/bin/python bench/train.py                       # every case below, ~25 min on 2 idle cores
+    .venv/bin/python bench/train.py --cases gemma-task --steps 6      # one case, a quick look
+    .venv/bin/python bench/train.py --before 601a53e      # adds loramerge at that commit as a third side
+    .venv/bin/python bench/train.py --device cuda --precision bf16 --name gpu   # bench/gpu.sh: one GPU
 
-1. Throughput. The same random Llama (built from a config, saved with a tokenizer exactly as
-   `loramerge train-task --model DIR` reads it), the same fixed-length task JSONL, micro-batch, LoRA,
-   AdamW, linear schedule, fp32 and step count for (a) `train_adapter(recipe, "task", out)` and (b) the
-   reference code's baseline, a `transformers.Trainer` on a `peft.get_peft_model` model. The two run in
-   two threads that take turns one optimizer step at a time (`Lockstep`), so each loramerge step is timed
-   next to a Trainer step under the same background load. A step is timed from getting the turn to its
-   end-of-step callback (loramerge's `on_step`, the Trainer's `on_step_end`): fetch and collate a batch,
-   forward, backward, clip, optimizer and scheduler step, bookkeeping on both sides; model loading,
-   tokenization and writing the adapter fall outside. The first `warmup_steps` steps are dropped. Tokens =
-   non-pad tokens (attention_mask sum) of the timed steps, counted from each side's own batches. The
-   headline ratio is the median over all step pairs of the pair's tokens/s ratio.
-2. Alignment vs task step. `ObjectiveModel` with LoRA on all layers; a task batch of 2B rows and a pair
-   batch of B pairs (2B rows) of the same length T, so both forward the same tokens; forward + backward.
-   Each alignment step is timed between two task steps and divided by their mean (`flanked_ratios`).
+Each side is a whole training in its own process (bench/train_side.py): `loramerge train-*`'s
+`train_adapter`, or the Trainer on `peft.get_peft_model` given the same token ids in the same batches. The
+sides take turns one optimizer step at a time (this process hands out the turns), so step i of every side
+runs within seconds of the others under the same background load; the first `--warmup` steps (model
+loading, first-touch allocation) are dropped. Reported per side: tokens/s (non-pad tokens of the timed
+steps / their summed time), the median step, and VmHWM (peak resident memory of the side's process, model
+loading included). Ratios are per step pair (loramerge step i / Trainer step i), median and quartiles.
 
-The machine is shared and its load swings 3-15x within seconds: both parts compare steps that ran
-seconds apart, never whole runs, so a concurrent load slows both sides alike and the ratios stay meaningful.
+Cases (the issue's): the demo's iso-codes task and settings on Gemma-3-270M (262,144-token vocabulary) and
+SmolLM2-135M (49,152), prompt-heavy records (the paper's shape: long input, short answer) on Gemma, the
+alignment step (loramerge exits after block k; the reference code runs the whole model and head), and joint
+training (task and alignment batches alternating) against task-only training, both loramerge.
+Results: bench/out/train.json and bench/out/train.md (git-ignored).
 """
 
 from __future__ import annotations
@@ -34,516 +32,255 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from loramerge.data.records import IGNORE_INDEX, TokenizedTask, collate_pairs, read_task_file
-from loramerge.data.tokenization import tokenize_task
-from loramerge.models.layer_exit import default_layer
-from loramerge.testing.tiny import ALL_LINEAR, EXAMPLE_PAIRS, save_tiny_llama_with_tokenizer
-from loramerge.train.loop import LoopState
-from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
-from loramerge.train.recipe import AlignSettings, LoraSettings, OptimizerSettings, TrainRecipe
-from loramerge.train.run import train_adapter
+from loramerge.data.corpora import FilterSettings, extract_gettext
+from loramerge.data.isocodes import build_iso_task
+from loramerge.recipes import apply_override, read_recipe_file, shipped_recipe
 
-OUT = Path(__file__).resolve().parent / "out"
-# ~23 M parameters: big enough that matrix products, not Python overhead, dominate a step (as in real
-# fine-tuning), small enough for one 8-row x 128-token step to take ~1 s on 2 cores.
-SHAPE = {
-    "hidden_size": 512,
-    "intermediate_size": 1376,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 256,
-}
-QUICK_SHAPE = {
-    **SHAPE,
-    "hidden_size": 128,
-    "intermediate_size": 344,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
-LORA = {"r": 8, "alpha": 16.0, "dropout": 0.1}  # the paper's LoRA, on all 7 linear projections
-LEARNING_RATE = 5e-4
-WARMUP_LR_STEPS = 2  # linear schedule: 2 warm-up steps, then linear decay to 0, on both sides
-SEED = 0
-# Every record is BOS + 63 prompt tokens + 63 completion tokens + EOS = 128 tokens: no padding, so both
-# sides forward exactly the same tokens and the loss covers the 64 completion + EOS labels.
-PROMPT_TOKENS = COMPLETION_TOKENS = 63
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+SIDE_SCRIPT = Path(__file__).resolve().parent / "train_side.py"
+PREFIX = "@@bench "  # bench/train_side.py's protocol lines
+GEMMA, SMOLLM2 = "bundled:gemma-3-270m", "bundled:smollm2-135m"
+ALIGNED = ["ru", "zh_CN", "ja"]  # the demo's alignment languages
 
 
 @dataclass(frozen=True)
-class Setup:
-    model_dir: Path
-    data_file: Path
-    shape: dict[str, int]
-    batch_size: int  # micro-batch rows for the throughput runs; the step benchmark uses 2 x pairs rows
-    steps: int
-    warmup_steps: int  # steps left out of the timing
-    rounds: int  # loramerge/Trainer rounds, alternating which goes first
-    records: int
-    pairs: int  # B of part 2: B pairs = 2B rows, task batch 2B rows
-    step_repeats: int
-
-    @property
-    def sequence_tokens(self) -> int:
-        return PROMPT_TOKENS + COMPLETION_TOKENS + 2
+class Case:
+    name: str
+    model: str
+    mode: str  # task | align | joint
+    data: str  # demo | prompt-heavy (task data); pairs always the demo's
+    # "loramerge", "trainer", "before" (loramerge at --before), "loramerge-task", "loramerge-checkpointing"
+    sides: tuple[str, ...]
+    overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
-def full_setup(root: Path) -> Setup:
-    # A step of 8 x 128 tokens takes ~1.1 s on 2 idle cores and 1.8-3.5 s on the loaded machine: 20 steps
-    # with 4 dropped give 16 timed step pairs a round, and 3 rounds x 2 sides x 20 steps take 2.5 minutes
-    # idle. 256 records = 32 batches of 8, so neither side crosses an epoch boundary.
-    return Setup(
-        root / "model",
-        root / "task.jsonl",
-        SHAPE,
-        batch_size=8,
-        steps=20,
-        warmup_steps=4,
-        rounds=3,
-        records=256,
-        pairs=4,
-        step_repeats=7,
-    )
+CASES = [
+    Case("gemma-task", GEMMA, "task", "demo", ("loramerge", "trainer", "before", "loramerge-checkpointing")),
+    Case("gemma-prompt-heavy", GEMMA, "task", "prompt-heavy", ("loramerge", "trainer", "before"), ("max_length=160",)),
+    Case("gemma-align", GEMMA, "align", "demo", ("loramerge", "trainer", "before")),
+    Case("gemma-joint", GEMMA, "joint", "demo", ("loramerge", "loramerge-task")),
+    Case("smollm2-task", SMOLLM2, "task", "demo", ("loramerge", "trainer", "before")),
+    Case("smollm2-align", SMOLLM2, "align", "demo", ("loramerge", "trainer")),
+]
 
 
-def quick_setup(root: Path) -> Setup:
-    return Setup(
-        root / "model",
-        root / "task.jsonl",
-        QUICK_SHAPE,
-        batch_size=4,
-        steps=8,
-        warmup_steps=2,
-        rounds=1,
-        records=64,
-        pairs=2,
-        step_repeats=3,
-    )
+# --- data -----------------------------------------------------------------------------------------
 
 
-# --- inputs ---------------------------------------------------------------------------------------
+def prompt_heavy_records(pairs_file: Path, out: Path, count: int, seed: int) -> Path:
+    """The paper's shape of task data: a long input and a short answer (there, 80-200 token inputs for
+    one-word labels or short slot lists). Here: four UI sentences in an aligned language as context, and the
+    English of the first one as the answer. Real token ids of the real tokenizer; the content is not a task."""
+    rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(seed)
+    with out.open("w", encoding="utf-8") as handle:
+        for _ in range(count):
+            chosen = rng.sample(rows, 4)
+            context = " ".join(row["target"] for row in chosen)
+            handle.write(
+                json.dumps(
+                    {"prompt": f"Text: {context}\nEnglish of the first sentence: ", "completion": chosen[0]["source"][:60]},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+    return out
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def build_data(folder: Path) -> dict[str, Path]:
+    """The demo's data (loramerge/demo/run.py builds it the same way): iso-codes task, gettext pairs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    task = folder / "task" / "train.jsonl"
+    if not task.exists():
+        build_iso_task(["en", "fr"], ["ru", "zh_CN", "ja", "ko"], folder / "task")
+    pairs = folder / "pairs-train.jsonl"
+    if not pairs.exists():
+        extract_gettext(ALIGNED, folder / "pairs.jsonl", settings=FilterSettings(exclude=("iso_*",)))
+    heavy = folder / "prompt-heavy.jsonl"
+    if not heavy.exists():
+        prompt_heavy_records(pairs, heavy, 512, seed=0)
+    return {"demo": task, "prompt-heavy": heavy, "pairs": pairs}
 
 
-def fixed_length_text(rng: random.Random, tokenizer: PreTrainedTokenizerBase, words: list[str], tokens: int, prefix: str) -> str:
-    """prefix + words from EXAMPLE_PAIRS up to a few tokens short of `tokens`, then digits to hit it exactly.
-
-    The tokenizer learned no merges of digits (EXAMPLE_PAIRS has none), so each appended digit is one
-    token; the assertion catches a tokenizer for which that is false.
-    """
-    text = prefix + rng.choice(words)
-    while True:
-        longer = f"{text} {rng.choice(words)}"
-        if len(encode(tokenizer, longer)) > tokens - 4:
-            break
-        text = longer
-    text += "".join(rng.choice("0123456789") for _ in range(tokens - len(encode(tokenizer, text))))
-    assert len(encode(tokenizer, text)) == tokens, text
-    return text
-
-
-def write_task_file(setup: Setup) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    words = [word for pair in EXAMPLE_PAIRS for sentence in pair for word in sentence.split()]
-    rng = random.Random(SEED)
-    with setup.data_file.open("w", encoding="utf-8") as handle:
-        for _ in range(setup.records):
-            prompt = fixed_length_text(rng, tokenizer, words, PROMPT_TOKENS, "")
-            # The leading space makes the boundary a pre-tokenizer split, so prompt + completion tokenizes
-            # as the two pieces concatenated (loramerge checks this and would fall back otherwise).
-            completion = fixed_length_text(rng, tokenizer, words, COMPLETION_TOKENS, " ")
-            handle.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
+def case_recipe(case: Case, data: dict[str, Path], steps: int, precision: str) -> dict[str, Any]:
+    """recipes/demo/{task,align}.yaml (the demo's batch, lengths and LoRA) with the case's data and model."""
+    name = "align" if case.mode == "align" else "task"
+    recipe = read_recipe_file(shipped_recipe("demo", name))
+    recipe.pop("extends", None)
+    recipe.update({"model": case.model, "max_steps": steps, "log_every": 1, "precision": precision})
+    if case.mode != "align":
+        recipe["data"] = str(data[case.data])
+    if case.mode != "task":
+        recipe["pairs"] = str(data["pairs"])
+        # the demo's layer 9 of Gemma's 18 blocks; other models: the default round(L/2)
+        recipe["align"] = {**recipe.get("align", {}), "layer": 9 if case.model == GEMMA else None}
+    if case.mode == "joint":
+        recipe["task_per_align"] = [1, 1]
+    for override in case.overrides:
+        apply_override(recipe, override)
+    return recipe
 
 
-def tokenized_examples(setup: Setup) -> list[TokenizedTask]:
-    """The task file as loramerge tokenizes it; the Trainer gets the same ids, so both see equal tokens."""
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    examples = tokenize_task(read_task_file(setup.data_file), tokenizer, setup.sequence_tokens)
-    lengths = {len(example.input_ids) for example in examples}
-    assert lengths == {setup.sequence_tokens} and len(examples) == setup.records, lengths
-    return examples
+# --- lockstep -------------------------------------------------------------------------------------
 
 
-def prepare_inputs(setup: Setup) -> None:
-    if setup.model_dir.exists():
-        shutil.rmtree(setup.model_dir)
-    torch.manual_seed(SEED)
-    save_tiny_llama_with_tokenizer(setup.model_dir, seed=SEED, **setup.shape)
-    write_task_file(setup)
-    tokenized_examples(setup)  # fail early if the records are not all exactly sequence_tokens long
+class Side:
+    def __init__(self, label: str, spec: dict[str, Any], pythonpath: str | None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        self.label = label
+        self.steps: list[dict[str, Any]] = []
+        self.vmhwm_mib: float | None = None
+        self.cuda_peak_mib: float | None = None
+        self.process = subprocess.Popen(
+            [sys.executable, str(SIDE_SCRIPT), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(Path(spec["out"]).with_suffix(".stderr"), "w"),  # noqa: SIM115 - lives as long as the side
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def next_report(self) -> dict[str, Any] | None:
+        """The side's next step (or None when it has ended, after reading its peak memory)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if not line.startswith(PREFIX):
+                continue  # output of the training itself
+            record = json.loads(line[len(PREFIX) :])
+            if "vmhwm_mib" in record:
+                self.vmhwm_mib = record["vmhwm_mib"]
+                self.cuda_peak_mib = record.get("cuda_peak_mib")
+                continue
+            self.steps.append(record)
+            return record
+        if self.process.wait() != 0:
+            raise RuntimeError(f"bench side {self.label} failed (exit {self.process.returncode}); see its .stderr file")
+        return None
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
 
 
-def load_peft_model(setup: Setup) -> torch.nn.Module:
-    """Base model loaded the way loramerge loads it (fp32, no KV cache), LoRA as loramerge configures it."""
-    model = AutoModelForCausalLM.from_pretrained(setup.model_dir, dtype=torch.float32)
-    model.config.use_cache = False
-    config = LoraConfig(
-        r=LORA["r"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        target_modules=list(ALL_LINEAR),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+def run_lockstep(sides: list[Side], steps: int) -> None:
+    """Every side does its first step (loading included) freely, then they take turns: one step each, in
+    rotating order, so no side always runs right after the same neighbour."""
+    for side in sides:
+        side.next_report()
+    for step in range(1, steps):
+        order = sides[step % len(sides) :] + sides[: step % len(sides)]
+        for side in order:
+            side.go()
+            side.next_report()
+    for side in sides:
+        side.go()  # past the last step: let it write its output and report its peak memory
+        while side.next_report() is not None:
+            pass
 
 
-# --- part 1: throughput ---------------------------------------------------------------------------
-
-LORAMERGE, TRAINER = "loramerge", "trainer"
+# --- statistics -----------------------------------------------------------------------------------
 
 
-class Lockstep:
-    """Runs the two trainings in two threads that take turns, one optimizer step each.
-
-    Other jobs on this 2-core machine come and go within seconds: in back-to-back whole runs a step took
-    0.6 s in one run and 8 s in the next, and single steps stalled for 9-15 s. Alternating single steps
-    puts each loramerge step next to a Trainer step under the same background load. Only one side
-    computes at a time (the other waits on the condition at its step boundary), so neither slows the other.
-
-    A step's time runs from the moment its side got the turn to its own end-of-step callback: the same
-    work on both sides (fetch and collate a batch, forward, backward, clip, optimizer and scheduler step,
-    bookkeeping). Step 1 also holds the model loading (both sides load at once) and is always dropped.
-    """
-
-    def __init__(self, first: str) -> None:
-        self.condition = threading.Condition()
-        self.turn = first
-        self.finished: set[str] = set()
-        self.resumed = dict.fromkeys((LORAMERGE, TRAINER), time.perf_counter())
-        self.seconds: dict[str, list[float]] = {LORAMERGE: [], TRAINER: []}
-        self.tokens: dict[str, list[int]] = {LORAMERGE: [], TRAINER: []}
-
-    @staticmethod
-    def other(name: str) -> str:
-        return TRAINER if name == LORAMERGE else LORAMERGE
-
-    def step_end(self, name: str, tokens: int, last: bool) -> None:
-        now = time.perf_counter()
-        with self.condition:
-            self.seconds[name].append(now - self.resumed[name])
-            self.tokens[name].append(tokens)
-            self.turn = self.other(name)
-            if last:
-                self.finished.add(name)
-            self.condition.notify_all()
-            # After its last step a side also waits, so its teardown (writing the adapter) cannot overlap
-            # the other side's last step.
-            self.condition.wait_for(lambda: self.other(name) in self.finished or (self.turn == name and not last))
-        self.resumed[name] = time.perf_counter()
-
-    def abandon(self, name: str) -> None:
-        """A side that failed stops taking turns, so the other runs on to its end instead of hanging."""
-        with self.condition:
-            self.finished.add(name)
-            self.condition.notify_all()
-
-
-def loramerge_recipe(setup: Setup) -> TrainRecipe:
-    return TrainRecipe(
-        model=str(setup.model_dir),
-        data=str(setup.data_file),
-        lora=LoraSettings(**LORA),
-        # loramerge takes ceil(warmup_ratio * steps) warm-up steps; aim half a step low so rounding cannot add one
-        optimizer=OptimizerSettings(
-            learning_rate=LEARNING_RATE,
-            schedule="linear",
-            warmup_ratio=(WARMUP_LR_STEPS - 0.5) / setup.steps,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-        ),
-        batch_size=setup.batch_size,
-        max_steps=setup.steps,
-        max_length=setup.sequence_tokens,
-        seed=SEED,
-        log_every=setup.steps,  # like the Trainer's logging_steps: one metrics line, at the end
-    )
-
-
-def run_loramerge(setup: Setup, out: Path, clock: Lockstep) -> dict[str, Any]:
-    counted = [0]  # LoopState.tokens is cumulative non-pad tokens (attention_mask sum); keep the step's share
-
-    def on_step(state: LoopState) -> None:
-        step_tokens, counted[0] = state.tokens - counted[0], state.tokens
-        clock.step_end(LORAMERGE, step_tokens, last=state.step == setup.steps)
-
-    result = train_adapter(loramerge_recipe(setup), "task", out, overwrite=True, on_step=on_step)
-    assert result.out is not None
-    return {"final_loss": result.metrics["task_loss"]}
-
-
-class PaddingCollator:
-    """Right-pads input_ids/attention_mask/labels (labels with -100) and counts the non-pad tokens."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-        self.tokens: list[int] = []  # per batch, in the order the DataLoader builds them
-
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(row["input_ids"]) for row in rows)
-
-        def pad(key: str, value: int) -> torch.Tensor:
-            return torch.tensor([row[key] + [value] * (width - len(row[key])) for row in rows], dtype=torch.long)
-
-        batch = {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", IGNORE_INDEX)}
-        batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
-        self.tokens.append(int(batch["attention_mask"].sum()))
-        return batch
-
-
-class LockstepCallback(TrainerCallback):
-    def __init__(self, clock: Lockstep, collator: PaddingCollator, steps: int) -> None:
-        self.clock, self.collator, self.steps = clock, collator, steps
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        # With grad_accum 1 and no DataLoader workers the Trainer collates step i's batch just before step i.
-        tokens = self.collator.tokens[state.global_step - 1]
-        self.clock.step_end(TRAINER, tokens, last=state.global_step == self.steps)
-
-
-def trainer_arguments(setup: Setup, out: Path) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=setup.batch_size,
-        max_steps=setup.steps,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type="linear",
-        warmup_steps=WARMUP_LR_STEPS,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        # loramerge builds torch.optim.AdamW with its defaults; the Trainer's default is the fused variant.
-        optim="adamw_torch",
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10**6,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=SEED,
-        use_cpu=True,
-    )
-
-
-def build_trainer(setup: Setup, out: Path, clock: Lockstep) -> Trainer:
-    """Built in the main thread before the round starts: TrainingArguments resets accelerate's process-wide
-    state, which the loramerge thread's Accelerator reads at every step."""
-    model = load_peft_model(setup)
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in tokenized_examples(setup)]
-    collator = PaddingCollator(tokenizer.pad_token_id)
-    return Trainer(
-        model=model,
-        args=trainer_arguments(setup, out),
-        train_dataset=rows,
-        data_collator=collator,
-        callbacks=[LockstepCallback(clock, collator, setup.steps)],
-    )
-
-
-def side_rates(seconds: list[float], tokens: list[int], warmup: int) -> dict[str, Any]:
-    """tokens/s from the median step (robust to the odd stalled step) and from the whole timed window."""
-    seconds, tokens = seconds[warmup:], tokens[warmup:]
-    median = statistics.median(seconds)
+def side_summary(side: Side, warmup: int) -> dict[str, Any]:
+    timed = side.steps[warmup:]
+    seconds = [s["seconds"] for s in timed]
+    tokens = [s["tokens"] for s in timed]
+    by_objective: dict[str, list[float]] = {}
+    for step in timed:
+        by_objective.setdefault(step["objective"], []).append(step["seconds"])
     return {
-        "timed_steps": len(seconds),
-        "tokens": sum(tokens),
-        "median_step_seconds": median,
-        "tokens_per_second": sum(tokens) / len(tokens) / median,
-        "window_seconds": sum(seconds),
-        "window_tokens_per_second": sum(tokens) / sum(seconds),
-        "step_seconds": [round(s, 4) for s in seconds],
+        "tokens_per_second": sum(tokens) / sum(seconds),
+        "median_step_seconds": statistics.median(seconds),
+        "median_step_seconds_by_objective": {k: statistics.median(v) for k, v in by_objective.items()},
+        "vmhwm_mib": side.vmhwm_mib,
+        "cuda_peak_mib": side.cuda_peak_mib,
+        "first_loss": side.steps[0]["loss"],
+        "losses": [s["loss"] for s in side.steps],
+        "step_seconds": [round(s, 3) for s in seconds],
+        "tokens": tokens,
     }
 
 
-def run_round(setup: Setup, first: str) -> dict[str, Any]:
-    clock = Lockstep(first)
-    trainer = build_trainer(setup, OUT / "train" / TRAINER, clock)
-    runners = {
-        LORAMERGE: lambda: run_loramerge(setup, OUT / "train" / LORAMERGE, clock),
-        TRAINER: lambda: {"final_loss": trainer.train().training_loss},
-    }
-    outcome: dict[str, Any] = {}
+def paired(first: Side, second: Side, warmup: int) -> dict[str, Any]:
+    """Per step pair: (first's tokens/s) / (second's tokens/s)."""
+    ratios = [
+        (a["tokens"] / a["seconds"]) / (b["tokens"] / b["seconds"])
+        for a, b in zip(first.steps[warmup:], second.steps[warmup:], strict=True)
+    ]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]], "pairs": len(ratios)}
 
-    def target(name: str) -> None:
-        try:
-            outcome[name] = runners[name]()
-        except BaseException as error:  # re-raised in the main thread below
-            outcome[name] = error
-            clock.abandon(name)
 
-    threads = [threading.Thread(target=target, args=(name,), name=name) for name in (first, Lockstep.other(first))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for value in outcome.values():
-        if isinstance(value, BaseException):
-            raise value
-    result: dict[str, Any] = {"first": first}
-    for name in (LORAMERGE, TRAINER):
-        assert len(clock.seconds[name]) == setup.steps, (name, len(clock.seconds[name]))
-        result[name] = {**side_rates(clock.seconds[name], clock.tokens[name], setup.warmup_steps), **outcome[name]}
-    for key in ("tokens_per_second", "window_tokens_per_second"):
-        result[f"ratio_{key}"] = result[LORAMERGE][key] / result[TRAINER][key]
-    result["paired_ratios"] = paired_ratios(clock, setup.warmup_steps)
+def joint_cost(joint: Side, task: Side, warmup: int) -> dict[str, Any]:
+    """A joint step (one task + one alignment micro-batch) over a task-only step, pair by pair: the joint
+    side's consecutive task and align steps against the two task steps the other side ran beside them."""
+    ratios = []
+    rows = list(zip(joint.steps, task.steps, strict=True))[warmup:]
+    for (j1, t1), (j2, t2) in zip(rows[0::2], rows[1::2]):
+        if {j1["objective"], j2["objective"]} == {"task", "align"}:
+            ratios.append((j1["seconds"] + j2["seconds"]) / ((t1["seconds"] + t2["seconds"]) / 2))
+    return {"median": statistics.median(ratios), "pairs": len(ratios)}
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def side_spec(label: str, case: Case, recipe: dict[str, Any], work: Path, device: str) -> dict[str, Any]:
+    side = "trainer" if label == "trainer" else "loramerge"
+    mode = "task" if label == "loramerge-task" else case.mode
+    if label == "loramerge-checkpointing":  # activations recomputed in the backward pass: memory for time
+        recipe = {**recipe, "gradient_checkpointing": True}
+    return {"side": side, "mode": mode, "recipe": recipe, "out": str(work / f"{case.name}-{label}"), "device": device}
+
+
+def before_tree(commit: str, work: Path) -> str:
+    tree = work / f"loramerge-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True, capture_output=True)
+    return str(tree)
+
+
+def run_case(case: Case, data: dict[str, Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    recipe = case_recipe(case, data, args.steps, args.precision)
+    labels = [label for label in case.sides if label != "before" or args.before]
+    sides = []
+    for label in labels:
+        pythonpath = before_tree(args.before, work) if label == "before" else str(ROOT)
+        sides.append(Side(label, side_spec(label, case, recipe, work, args.device), pythonpath))
+    try:
+        run_lockstep(sides, args.steps)
+    finally:
+        for side in sides:
+            side.process.kill()
+    named = {side.label: side for side in sides}
+    result: dict[str, Any] = {"case": case.name, "model": case.model, "mode": case.mode, "data": case.data, "recipe": recipe}
+    result["sides"] = {label: side_summary(side, args.warmup) for label, side in named.items()}
+    for other in ("trainer", "before"):
+        if other in named:
+            result[f"loramerge_vs_{other}"] = paired(named["loramerge"], named[other], args.warmup)
+    if "loramerge-checkpointing" in named and "trainer" in named:
+        result["checkpointing_vs_trainer"] = paired(named["loramerge-checkpointing"], named["trainer"], args.warmup)
+    if "loramerge-task" in named:
+        result["joint_over_task"] = joint_cost(named["loramerge"], named["loramerge-task"], args.warmup)
     return result
 
 
-def paired_ratios(clock: Lockstep, warmup: int) -> list[float]:
-    """(loramerge tokens/s) / (Trainer tokens/s) of step i of each side; the two ran back to back."""
-    sides = [list(zip(clock.tokens[name], clock.seconds[name]))[warmup:] for name in (LORAMERGE, TRAINER)]
-    return [round((lt / ls) / (tt / ts), 4) for (lt, ls), (tt, ts) in zip(*sides)]
+def machine(before: str | None) -> dict[str, Any]:
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
-
-def throughput_benchmark(setup: Setup) -> dict[str, Any]:
-    rounds = []
-    for index in range(setup.rounds):
-        rounds.append(run_round(setup, LORAMERGE if index % 2 == 0 else TRAINER))  # alternate who steps first
-        row = rounds[-1]
-        print(
-            f"  round {index + 1}: loramerge {row[LORAMERGE]['tokens_per_second']:.0f} tok/s, "
-            f"Trainer {row[TRAINER]['tokens_per_second']:.0f} tok/s (median step), "
-            f"paired ratio {statistics.median(row['paired_ratios']):.3f}",
-            flush=True,
-        )
-
-    def median(name: str, key: str) -> float:
-        return statistics.median(r[name][key] for r in rounds)
-
-    pairs = [ratio for r in rounds for ratio in r["paired_ratios"]]
-    quartiles = statistics.quantiles(pairs, n=4)
-    return {
-        "rounds": rounds,
-        "loramerge_tokens_per_second": median(LORAMERGE, "tokens_per_second"),
-        "trainer_tokens_per_second": median(TRAINER, "tokens_per_second"),
-        # The headline ratio: median over all step pairs of all rounds. Each pair ran back to back, so a
-        # background job that slows one slows both; the per-round figures below are for comparison.
-        "ratio": statistics.median(pairs),
-        "ratio_quartiles": [quartiles[0], quartiles[2]],
-        "step_pairs": len(pairs),
-        "ratio_of_median_steps": statistics.median(r["ratio_tokens_per_second"] for r in rounds),
-        "loramerge_window_tokens_per_second": median(LORAMERGE, "window_tokens_per_second"),
-        "trainer_window_tokens_per_second": median(TRAINER, "window_tokens_per_second"),
-        "window_ratio": statistics.median(r["ratio_window_tokens_per_second"] for r in rounds),
-        "tokens_per_step": setup.batch_size * setup.sequence_tokens,
-    }
-
-
-# --- part 2: alignment step vs task step ----------------------------------------------------------
-
-
-def step_batches(setup: Setup, vocab: int) -> dict[str, dict[str, torch.Tensor]]:
-    """A task batch of 2B rows and a pair batch of B pairs (2B rows), all T tokens, no padding."""
-    generator = torch.Generator().manual_seed(SEED)
-    rows, length = 2 * setup.pairs, setup.sequence_tokens
-    ids = torch.randint(4, vocab, (rows, length), generator=generator)  # ids 0-3 are the special tokens
-    labels = ids.clone()
-    labels[:, : length // 2] = IGNORE_INDEX  # loss on the second half, as a prompt/completion record
-    task = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    sources, targets = ids[: setup.pairs].tolist(), ids[setup.pairs :].tolist()
-    return {TASK: task, ALIGN: collate_pairs(sources, targets, pad_id=0)}
-
-
-def timed_step(model: ObjectiveModel, objective: str, batch: dict[str, torch.Tensor]) -> float:
-    start = time.perf_counter()
-    loss = model(objective, **batch)
-    loss.backward()
-    elapsed = time.perf_counter() - start
-    model.zero_grad(set_to_none=True)
-    return elapsed
-
-
-STEADY = 1.25  # the two task steps around an alignment step must agree within 25 %
-
-
-def flanked_ratios(
-    models: dict[int, ObjectiveModel], batches: dict[str, dict[str, torch.Tensor]], ks: list[int], repeats: int
-) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
-    """Every alignment step is timed between two task steps and divided by their mean.
-
-    Background jobs here slow a step by 3-15x for seconds to minutes (8 x 128-token task steps of 1.1 s
-    took 15.8 s in one run); a ratio to the neighbouring task steps, 1-2 s away, survives a slow change
-    of load. A ratio whose two neighbours differ by more than STEADY saw the load change during the
-    measurement and is left out (the kept count is reported), unless that would leave none.
-    """
-    ratios: dict[int, list[float]] = {k: [] for k in ks}
-    unsteady: dict[int, list[float]] = {k: [] for k in ks}
-    align_seconds: dict[int, list[float]] = {k: [] for k in ks}
-    task_seconds = [timed_step(models[0], TASK, batches[TASK])]
-    for repeat in range(repeats + 1):  # repeat 0 warms up every path and is dropped
-        for k in ks if repeat % 2 == 0 else list(reversed(ks)):
-            align = timed_step(models[k], ALIGN, batches[ALIGN])
-            task_seconds.append(timed_step(models[0], TASK, batches[TASK]))
-            if repeat > 0:
-                before, after = task_seconds[-2:]
-                steady = max(before, after) <= STEADY * min(before, after)
-                (ratios if steady else unsteady)[k].append(align / statistics.mean((before, after)))
-                align_seconds[k].append(align)
-    kept = {k: ratios[k] or unsteady[k] for k in ks}
-    return kept, task_seconds[1 + len(ks) :], align_seconds
-
-
-def step_benchmark(setup: Setup) -> dict[str, Any]:
-    peft_model = load_peft_model(setup)
-    layers = setup.shape["num_hidden_layers"]
-    # The default (L + 1) // 2, and L/4, 3L/4 to show the cost follows k/L.
-    ks = sorted({max(1, layers // 4), default_layer(layers), (3 * layers) // 4})
-    models = {k: ObjectiveModel(peft_model, k, AlignSettings()) for k in ks}
-    models[0] = ObjectiveModel(peft_model, None, AlignSettings())  # task steps only
-    models[0].train()
-    batches = step_batches(setup, peft_model.config.vocab_size)
-    ratios, task_seconds, align_seconds = flanked_ratios(models, batches, ks, setup.step_repeats)
-    return {
-        "rows": 2 * setup.pairs,
-        "tokens_per_row": setup.sequence_tokens,
-        "num_layers": layers,
-        "default_layer": default_layer(layers),
-        "task_step_seconds": statistics.median(task_seconds),
-        "task_step_all": [round(t, 4) for t in task_seconds],
-        "align": [
-            {
-                "layer": k,
-                "k_over_L": k / layers,
-                "step_seconds": statistics.median(align_seconds[k]),
-                "ratio_to_task": statistics.median(ratios[k]),
-                "ratios_kept": len(ratios[k]),
-                "ratios": [round(r, 4) for r in ratios[k]],
-                "all": [round(t, 4) for t in align_seconds[k]],
-            }
-            for k in ks
-        ],
-    }
-
-
-# --- report ---------------------------------------------------------------------------------------
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and whether loramerge/ differed from it (other work may edit the tree)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=OUT.parent.parent).stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "loramerge_uncommitted": bool(git("status", "--porcelain", "loramerge")),
-    }
-
-
-def machine() -> dict[str, Any]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     return {
@@ -554,127 +291,84 @@ def machine() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        **git_state(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "loramerge_uncommitted": bool(git("status", "--porcelain", "loramerge", "bench")),
+        "before": before,
+        "load_average_at_start": os.getloadavg(),
     }
 
 
-def throughput_table(part1: dict[str, Any]) -> list[str]:
-    def per_round(name: str, key: str) -> str:
-        return ", ".join(f"{r[name][key]:.0f}" for r in part1["rounds"])
-
-    def ratios(key: str) -> str:
-        return ", ".join(f"{r[key]:.3f}" for r in part1["rounds"])
-
-    return [
-        f"Throughput, {part1['tokens_per_step']} tokens per step:",
-        "",
-        "| trainer | tokens/s (median step, median of rounds) | per round |",
-        "|---|---:|---|",
-        f"| loramerge `train_adapter` | {part1['loramerge_tokens_per_second']:.0f} | {per_round(LORAMERGE, 'tokens_per_second')} |",
-        f"| transformers `Trainer` + PEFT | {part1['trainer_tokens_per_second']:.0f} | {per_round(TRAINER, 'tokens_per_second')} |",
-        "",
-        "| loramerge / Trainer throughput | value | per round |",
-        "|---|---:|---|",
-        f"| **median of {part1['step_pairs']} back-to-back step pairs** (quartiles) | **{part1['ratio']:.3f}** "
-        f"({part1['ratio_quartiles'][0]:.3f}-{part1['ratio_quartiles'][1]:.3f}) | "
-        + ", ".join(f"{statistics.median(r['paired_ratios']):.3f}" for r in part1["rounds"])
-        + " |",
-        f"| ratio of median step times, median of rounds | {part1['ratio_of_median_steps']:.3f} | {ratios('ratio_tokens_per_second')} |",
-        f"| ratio of whole timed windows (sum of steps), median of rounds | {part1['window_ratio']:.3f} | "
-        f"{ratios('ratio_window_tokens_per_second')} |",
-        "",
-    ]
-
-
-def steps_table(part2: dict[str, Any]) -> list[str]:
-    lines = [
-        f"| step ({part2['rows']} rows x {part2['tokens_per_row']} tokens, forward + backward) | median s | "
-        "/ task step (median of flanked ratios) | ratios kept | k / L |",
-        "|---|---:|---:|---:|---:|",
-        f"| task (all {part2['num_layers']} blocks + LM head) | {part2['task_step_seconds']:.3f} | 1.000 | | |",
-    ]
-    for row in part2["align"]:
-        default = " (default)" if row["layer"] == part2["default_layer"] else ""
-        lines.append(
-            f"| align, k = {row['layer']} of {part2['num_layers']}{default} | {row['step_seconds']:.3f} | "
-            f"**{row['ratio_to_task']:.3f}** | {row['ratios_kept']} of {len(row['all'])} | {row['k_over_L']:.3f} |"
-        )
-    return [*lines, ""]
-
-
 def markdown(results: dict[str, Any]) -> str:
-    shape = results["setup"]["shape"]
-    lines = [f"`{results['command']}`; model {json.dumps(shape)} (vocab {shape.get('vocab_size', 320)})", ""]
-    if "throughput" in results:
-        lines += throughput_table(results["throughput"])
-    if "steps" in results:
-        lines += steps_table(results["steps"])
-    return "\n".join(lines)
-
-
-def targets(results: dict[str, Any]) -> dict[str, bool]:
-    reached = {}
-    if "throughput" in results:
-        reached["throughput >= 1.0x Trainer"] = results["throughput"]["ratio"] >= 1.0
-    if "steps" in results:
-        steps = results["steps"]
-        default = next(r for r in steps["align"] if r["layer"] == steps["default_layer"])
-        reached["align step <= 0.6x task step at the default layer"] = default["ratio_to_task"] <= 0.6
-    return reached
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, torch {results['machine']['torch']}; "
+        f"{results['machine']['date']}, commit {results['machine']['commit']}; {results['steps']} steps, first {results['warmup']} dropped.",
+        "",
+        "| case | side | tokens/s | median step s | VmHWM MiB | CUDA peak MiB | first loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in results["cases"]:
+        for label, side in case["sides"].items():
+            lines.append(
+                f"| {case['case']} | {label} | {side['tokens_per_second']:.0f} | {side['median_step_seconds']:.2f} | "
+                f"{side['vmhwm_mib']:.0f} | {side['cuda_peak_mib'] or 0:.0f} | {side['first_loss']:.6f} |"
+            )
+    lines += ["", "| case | comparison | median ratio (quartiles) | pairs | memory ratio |", "|---|---|---:|---:|---:|"]
+    for case in results["cases"]:
+        for other in ("trainer", "before"):
+            if (key := f"loramerge_vs_{other}") in case:
+                ratio = case[key]
+                memory = case["sides"]["loramerge"]["vmhwm_mib"] / case["sides"][other]["vmhwm_mib"]
+                lines.append(
+                    f"| {case['case']} | loramerge / {other} tokens/s | {ratio['median']:.3f} "
+                    f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
+                )
+        if "checkpointing_vs_trainer" in case:
+            ratio = case["checkpointing_vs_trainer"]
+            memory = case["sides"]["loramerge-checkpointing"]["vmhwm_mib"] / case["sides"]["trainer"]["vmhwm_mib"]
+            lines.append(
+                f"| {case['case']} | loramerge with gradient checkpointing / trainer tokens/s | {ratio['median']:.3f} "
+                f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
+            )
+        if "joint_over_task" in case:
+            joint = case["joint_over_task"]
+            lines.append(f"| {case['case']} | joint step / task step time | {joint['median']:.3f} | {joint['pairs']} | |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, few steps: a < 60 s smoke run")
-    parser.add_argument(
-        "--vocab",
-        type=int,
-        default=None,
-        help="model vocabulary (default: the tokenizer's 320). Real models' LM heads are 32k-256k wide; "
-        "a larger value adds embedding/LM-head rows the data never uses, so the logits cost what they would",
-    )
-    parser.add_argument("--only", choices=["throughput", "steps"], default=None, help="run one part")
+    parser.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
+    parser.add_argument("--before", default=None, help="also run loramerge at this commit (a git worktree) as a side")
+    parser.add_argument("--name", default="train", help="output file stem in bench/out/")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train")
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="bf16: autocast on both sides (GPU)")
     return parser.parse_args()
-
-
-def output_name(args: argparse.Namespace) -> str:
-    return (
-        "train"
-        + ("-quick" if args.quick else "")
-        + (f"-vocab{args.vocab}" if args.vocab else "")
-        + (f"-{args.only}" if args.only else "")
-    )
 
 
 def main() -> None:
     args = parse_args()
-    name = output_name(args)
-    root = OUT / f"{name}-inputs"
-    root.mkdir(parents=True, exist_ok=True)
-    setup = quick_setup(root) if args.quick else full_setup(root)
-    if args.vocab:
-        setup = replace(setup, shape={**setup.shape, "vocab_size": args.vocab})
-    started = time.perf_counter()
-    prepare_inputs(setup)
-    results: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python bench/train.py", *sys.argv[1:]]),
-        "machine": machine(),
-        "setup": {**asdict(setup), "lora": LORA},
-    }
-    if args.only in (None, "throughput"):
-        print("part 1: throughput", flush=True)
-        results["throughput"] = throughput_benchmark(setup)
-    if args.only in (None, "steps"):
-        print("part 2: alignment vs task step", flush=True)
-        results["steps"] = step_benchmark(setup)
-    results["targets"] = targets(results)
-    results["wall_seconds"] = time.perf_counter() - started
-    table = markdown(results)
-    print(table)
-    for target, reached in results["targets"].items():
-        print(f"{target}: {'reached' if reached else 'NOT reached'}")
-    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    (OUT / f"{name}.md").write_text(table, encoding="utf-8")
+    chosen = [c for c in CASES if c.name in args.cases.split(",")]
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = build_data(OUT / "train-data")
+    results: dict[str, Any] = {"machine": machine(args.before), "steps": args.steps, "warmup": args.warmup, "cases": []}
+    work = OUT / f"{args.name}-work"  # each side's output and .stderr; kept for a look after a failure
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        for case in chosen:
+            print(f"case {case.name}: {', '.join(case.sides)}", flush=True)
+            results["cases"].append(run_case(case, data, args, work))
+            (OUT / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            print(markdown({**results, "cases": results["cases"][-1:]}), flush=True)
+    finally:
+        if args.before:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(work / f"loramerge-{args.before}")], cwd=ROOT, check=False
+            )
+    (OUT / f"{args.name}.md").write_text(markdown(results), encoding="utf-8")
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,15 @@ Precision: the per-block sums are float32 and the blocks combine by rescaling, w
 of a float64 computation; torch's CPU log_softmax over 262,144 logits (what F.cross_entropy, so
 transformers and the Trainer, use) is itself off by up to ~1e-4 per token. Tests compare both.
 
+On CUDA with the `gpu` extra installed, Liger-Kernel's Triton kernel does the same job instead (a tuned
+kernel beats a loop of PyTorch blocks there); this loop stays the path everywhere else.
+
 Pure tensor math: no model, no module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,7 +144,27 @@ def chunked_head_loss(
     """
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         raise ValueError("chunked_head_loss: the head must be frozen (its weight and bias get no gradient here)")
+    if hidden.is_cuda and (liger := liger_head_loss()) is not None:
+        return liger(hidden, weight, targets, bias, softcap)
     block = block_rows or rows_per_block(weight.shape[1], weight.element_size())
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return fused_head_loss_and_grad(hidden, weight, targets, bias, softcap, block, with_grad=False)[0]
     return _FusedHeadLoss.apply(hidden, weight, bias, targets, softcap, block)
+
+
+HeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "float | None"], torch.Tensor]
+
+
+def liger_head_loss() -> HeadLoss | None:
+    """Liger-Kernel's fused linear cross-entropy (summed), or None when the `gpu` extra is not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+
+    def loss(
+        hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    ) -> torch.Tensor:
+        return LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=softcap)(weight, hidden, targets, bias)
+
+    return loss
