@@ -1,9 +1,15 @@
-"""A task step with the LM head on every position vs only where a supervised token is predicted.
+"""One task step under each of the task loss's routes, on the demo's batch: where the head's time goes.
 
     .venv/bin/python bench/task_head.py [--model bundled:gemma-3-270m] [--data TASK.jsonl] [--repeats 5]
 
-Same model, batch, LoRA and loss; the two variants alternate (noise on a shared machine hits both alike) and
-the script prints the median forward+backward time of each, their ratio, and the loss difference.
+Same model, batch, LoRA and dropout masks; the variants alternate within each repeat (noise on a shared
+machine hits all alike) and the script prints the median forward+backward time of each, its ratio to the
+full-logits route, and its loss's difference from it:
+  full logits      the model's own forward (the LM head on every position), loss as transformers computes it
+  predicting only  transformers' logits_to_keep: the head on positions that predict a supervised token in
+                   any row (loramerge before the fused loss)
+  fused            loramerge's default: the head on supervised tokens only, vocabulary blocks, online softmax
+  fused + split    the default with split_by_length (sub-batches of similar length)
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from loramerge.data.isocodes import build_iso_task
 from loramerge.data.records import collate_task, read_task_file
 from loramerge.data.tokenization import tokenize_task
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.train.losses import task_loss
 from loramerge.train.objectives import TASK, ObjectiveModel
 from loramerge.train.recipe import TrainRecipe
 from loramerge.train.run import lora_config
@@ -43,24 +50,37 @@ def main() -> None:
     model = get_peft_model(load_causal_lm(source), lora_config(TrainRecipe(), None))
     examples = tokenize_task(read_task_file(data)[: options.batch_size], tokenizer, 512)
     batch = collate_task(examples, tokenizer.pad_token_id)
-    objective = ObjectiveModel(model, None, TrainRecipe().align)
+    settings = TrainRecipe().align
+    variants = {
+        "full logits": None,
+        "predicting only": ObjectiveModel(model, None, settings, fused_head=False, split_by_length=False),
+        "fused": ObjectiveModel(model, None, settings, split_by_length=False),
+        "fused + split": ObjectiveModel(model, None, settings),
+    }
     supervised = int((batch["labels"][:, 1:] != -100).sum())
     print(f"batch {tuple(batch['input_ids'].shape)}, {supervised} supervised tokens, vocab {model.config.vocab_size}")
-    times: dict[bool, list[float]] = {True: [], False: []}
-    losses: dict[bool, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    losses: dict[str, float] = {}
     for _ in range(options.repeats + 1):  # the first round warms up allocators and caches; dropped
-        for head_on_supervised_only in (False, True):
-            objective.head_on_supervised_only = head_on_supervised_only
-            torch.manual_seed(0)  # same dropout masks in both variants
+        for name, objective in variants.items():
+            torch.manual_seed(0)  # same dropout masks in every variant
             start = time.perf_counter()
-            loss = objective(TASK, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            if objective is None:
+                output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                loss = task_loss(output, batch["labels"])
+            else:
+                loss = objective(TASK, batch["input_ids"], batch["attention_mask"], batch["labels"])
             loss.backward()
-            times[head_on_supervised_only].append(time.perf_counter() - start)
-            losses[head_on_supervised_only] = loss.item()
+            times[name].append(time.perf_counter() - start)
+            losses[name] = loss.item()
             model.zero_grad()
-    full, kept = (statistics.median(times[flag][1:]) for flag in (False, True))
-    print(f"all positions: {full:.3f} s   supervised positions only: {kept:.3f} s   ratio {full / kept:.2f}x")
-    print(f"loss difference: {abs(losses[True] - losses[False]):.2e}")
+    full = statistics.median(times["full logits"][1:])
+    for name in variants:
+        median = statistics.median(times[name][1:])
+        print(
+            f"{name:16s} {median:7.3f} s  {full / median:5.2f}x faster than full logits  "
+            f"loss {losses[name]:.6f} (difference {losses[name] - losses['full logits']:+.1e})"
+        )
 
 
 if __name__ == "__main__":

@@ -6,16 +6,18 @@ own longest row, gives the same loss and gradients as the padded batch. What cha
 demo's data, padding is 32 % of the task batches' positions (16 iso-codes records, 10-19 tokens) and 55 %
 of the alignment batches' (32 UI sentences, 3-128 tokens). The groups are the optimal contiguous
 partition of the sorted lengths under a cost of rows x longest row plus a fixed cost per forward pass.
+The task loss's head still runs once, over the supervised states of all groups.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Fixed cost of one more forward pass, in token positions. Measured on 2 CPU cores on Gemma-3-270M: a forward +
-# backward of the 18 blocks costs ~5.6 ms per position and ~30-60 ms per call whatever its size (LoRA
-# dropout masks, 126 adapted projections, norms: hundreds of small operations), i.e. 5-11 positions.
-PASS_COST_POSITIONS = 16
+# Fixed cost of one more forward pass, in token positions. Measured on 2 CPU cores, Gemma-3-270M's decoder with the
+# paper's LoRA, forward + backward (median of 3): 8 positions 0.29 s, 64 0.57 s, 128 1.00 s, 256 1.73 s, 512
+# 3.1-3.3 s, i.e. about 0.22 s + 6.1 ms per position: a pass costs as much as ~36 positions (hundreds of small
+# operations: dropout masks, 126 adapted projections, norms). Rounded up: splitting must clearly pay.
+PASS_COST_POSITIONS = 40
 
 
 def length_groups(lengths: list[int], pass_cost: int = PASS_COST_POSITIONS) -> list[list[int]]:
