@@ -248,7 +248,10 @@ def side_spec(label: str, case: Case, recipe: dict[str, Any], work: Path, device
 def before_tree(commit: str, work: Path) -> str:
     tree = work / f"loramerge-{commit}"
     if not tree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True)  # a killed run's registration
+        subprocess.run(
+            ["git", "worktree", "add", "--force", "--detach", str(tree), commit], cwd=ROOT, check=True, capture_output=True
+        )
     return str(tree)
 
 
