@@ -240,6 +240,8 @@ def joint_cost(joint: Side, task: Side, warmup: int) -> dict[str, Any]:
 def side_spec(label: str, case: Case, recipe: dict[str, Any], work: Path, device: str) -> dict[str, Any]:
     side = "trainer" if label == "trainer" else "loramerge"
     mode = "task" if label == "loramerge-task" else case.mode
+    if label == "loramerge-task":  # the same task batches, without the alignment half
+        recipe = {key: value for key, value in recipe.items() if key not in ("pairs", "task_per_align")}
     if label == "loramerge-checkpointing":  # activations recomputed in the backward pass: memory for time
         recipe = {**recipe, "gradient_checkpointing": True}
     return {"side": side, "mode": mode, "recipe": recipe, "out": str(work / f"{case.name}-{label}"), "device": device}
