@@ -27,7 +27,17 @@ def loramerge(*args: str, fault: str | None = None) -> subprocess.CompletedProce
     env = {key: value for key, value in os.environ.items() if key != "LORAMERGE_FAULT"}
     if fault:
         env["LORAMERGE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "loramerge", *args], env=env, capture_output=True, text=True, timeout=300)
+    # Ctrl-C as a user's shell delivers it: a process started with SIGINT ignored keeps ignoring it (CPython installs
+    # its KeyboardInterrupt handler only when SIGINT is not ignored), so the child must not inherit the pytest
+    # worker's disposition. Seen once in a fresh-clone run under -n 2: an INT fault ignored, the merge finished, exit 0.
+    return subprocess.run(
+        [sys.executable, "-m", "loramerge", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
