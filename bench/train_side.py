@@ -29,16 +29,14 @@ from peft import get_peft_model
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from loramerge.data.records import collate_pairs, collate_task, read_task_file
-from loramerge.data.tokenization import tokenize_task
 from loramerge.models.layer_exit import default_layer, num_decoder_layers
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
 from loramerge.models.pooling import mean_pool
-from loramerge.train.batches import BatchStream
 from loramerge.train.loop import LoopState
 from loramerge.train.losses import info_nce
+from loramerge.train.objectives import ALIGN, TASK
 from loramerge.train.recipe import TrainRecipe
-from loramerge.train.run import lora_config, tokenized_pairs, train_adapter
+from loramerge.train.run import build_streams, lora_config, train_adapter
 
 PREFIX = "@@bench "  # marks protocol lines among the trainings' own output
 
@@ -80,20 +78,12 @@ def run_loramerge(spec: dict[str, Any], turns: Turns) -> None:
 
 
 def loramerge_batches(recipe: TrainRecipe, spec: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
-    """The batches loramerge's stream gives in its first steps (built as loramerge.train.run.build_streams builds
-    them), so the Trainer sees the same token ids."""
+    """The batches loramerge's stream gives in its first steps (`build_streams`, the same code train_adapter
+    runs), so the Trainer sees the same token ids."""
     tokenizer = load_tokenizer(parse_model_spec(recipe.model))
-    pad = tokenizer.pad_token_id
-    if spec["mode"] == "task":
-        examples = tokenize_task(read_task_file(Path(recipe.data)), tokenizer, recipe.max_length)
-        stream = BatchStream(recipe.data, examples, recipe.batch_size, lambda b: collate_task(b, pad), recipe.seed)
-    else:
-        _, sources, targets = tokenized_pairs(recipe.pairs, tokenizer, recipe)
-        size = recipe.align.batch_size or recipe.batch_size
-        pairs = list(zip(sources, targets))
-        stream = BatchStream(
-            recipe.pairs, pairs, size, lambda b: collate_pairs([s for s, _ in b], [t for _, t in b], pad), recipe.seed + 1
-        )
+    mode = "align" if spec["mode"] == "align" else "task"
+    streams, _, _ = build_streams(recipe, mode, tokenizer)
+    stream = streams[ALIGN if mode == "align" else TASK]
     return [stream.next_batch() for _ in range(recipe.max_steps)]
 
 

@@ -84,6 +84,11 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum().item())
 
 
+def is_sharded(accelerator: Accelerator) -> bool:
+    """FSDP: parameters and optimizer state are split across processes (checkpoints gather or shard them)."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     settings: LoopSettings,
@@ -94,7 +99,7 @@ def save_checkpoint(
     streams: dict[str, BatchStream],
 ) -> None:
     """Called only at step boundaries, where parameters, optimizer and data positions agree."""
-    sharded = accelerator.distributed_type == DistributedType.FSDP
+    sharded = is_sharded(accelerator)
     write_checkpoint(
         settings.checkpoint_dir,
         state.step,

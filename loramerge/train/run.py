@@ -50,7 +50,7 @@ from loramerge.train.checkpoints import (
 )
 from loramerge.train.eval_loss import batches, make_evaluator
 from loramerge.train.log import MetricsLog, truncate_metrics
-from loramerge.train.loop import LoopSettings, LoopState, StepCallback, run_loop
+from loramerge.train.loop import LoopSettings, LoopState, StepCallback, is_sharded, run_loop
 from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
 from loramerge.train.recipe import TrainRecipe
 
@@ -148,10 +148,10 @@ def tokenized_pairs(
 
 
 def build_streams(
-    recipe: TrainRecipe, mode: Mode, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
+    recipe: TrainRecipe, mode: Mode, tokenizer: PreTrainedTokenizerBase, num_processes: int = 1, process_index: int = 0
 ) -> tuple[dict[str, BatchStream], list[TaskRecord] | None, list[SentencePair] | None]:
     pad = tokenizer.pad_token_id
-    shard = {"num_processes": accelerator.num_processes, "process_index": accelerator.process_index}
+    shard = {"num_processes": num_processes, "process_index": process_index}
     streams: dict[str, BatchStream] = {}
     records = pairs = None
     if mode == "task":
@@ -258,10 +258,6 @@ def shard_on_cpu(accelerator: Accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what AcceleratorState does on GPUs
 
 
-def is_sharded(accelerator: Accelerator) -> bool:
-    return accelerator.distributed_type == DistributedType.FSDP
-
-
 def objective_module(peft_model: PeftModel, align_layer: int | None, recipe: TrainRecipe) -> ObjectiveModel:
     objective = ObjectiveModel(peft_model, align_layer, recipe.align, split_by_length=recipe.split_by_length)
     # FSDP's transformer wrap policy reads the block classes from the wrapped model's _no_split_modules; without
@@ -295,7 +291,7 @@ def train_adapter(
         set_seed(recipe.seed)
         source = parse_model_spec(recipe.model)
         tokenizer = load_tokenizer(source)
-        streams, records, pairs = build_streams(recipe, mode, tokenizer, accelerator)
+        streams, records, pairs = build_streams(recipe, mode, tokenizer, accelerator.num_processes, accelerator.process_index)
         eval_task, eval_pairs = eval_batches(recipe, tokenizer, TASK in streams, ALIGN in streams)
         model = load_causal_lm(source)
         layers = num_decoder_layers(model)
