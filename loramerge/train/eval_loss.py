@@ -7,10 +7,12 @@ no cross-process gathering, so all processes agree on the numbers without any co
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from loramerge.evaluate.retrieval import retrieval_accuracy
 from loramerge.models.pooling import mean_pool
 from loramerge.train.losses import info_nce, supervised_tokens, task_loss
 from loramerge.train.objectives import ObjectiveModel
@@ -31,35 +33,68 @@ def eval_task_loss(model: ObjectiveModel, batches_: list[dict[str, torch.Tensor]
     return total / max(tokens, 1)
 
 
+@dataclass(frozen=True)
+class PairEval:
+    """Held-out pairs in micro-batches, and each pair's target language (in batch order)."""
+
+    batches: list[dict[str, torch.Tensor]]
+    languages: list[str]
+
+
+def retrieval_by_language(sources: torch.Tensor, targets: torch.Tensor, languages: Sequence[str]) -> dict[str, float]:
+    """Ratio-margin top-1 retrieval between each pair's two sides, per target language, both ways averaged.
+
+    Every held-out pair of a language is a candidate (not just the micro-batch), so the number is the one
+    `loramerge probe` reports for these sentences at this layer. A language with fewer than 2 pairs is skipped
+    (one candidate is always right).
+    """
+    scores: dict[str, float] = {}
+    for language in sorted(set(languages)):
+        rows = [i for i, lang in enumerate(languages) if lang == language]
+        if len(rows) < 2:
+            continue
+        forward = retrieval_accuracy(sources[rows], targets[rows])["margin"]
+        backward = retrieval_accuracy(targets[rows], sources[rows])["margin"]
+        scores[f"eval_retrieval_{language}"] = (forward + backward) / 2
+    if scores:
+        scores["eval_retrieval"] = sum(scores.values()) / len(scores)
+    return scores
+
+
 @torch.no_grad()
-def eval_align(model: ObjectiveModel, batches_: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, float]:
-    """Mean InfoNCE over eval batches, and top-1 retrieval accuracy of each source among its batch's targets."""
+def eval_align(model: ObjectiveModel, pairs: PairEval, device: torch.device) -> dict[str, float]:
+    """Mean InfoNCE over eval batches, top-1 accuracy of each source among its batch's targets, and margin
+    retrieval at the aligned layer per target language over all held-out pairs (`retrieval_by_language`)."""
     losses, correct, total = [], 0, 0
-    for batch in batches_:
+    all_sources, all_targets = [], []
+    for batch in pairs.batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         pooled = mean_pool(
             model.exit(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"], model.align.skip_first_token
         )
         half = pooled.shape[0] // 2
+        sources, targets = pooled[:half], pooled[half:]
+        all_sources.append(sources.cpu())
+        all_targets.append(targets.cpu())
         if half < 2:
             continue  # one pair has no negative
-        sources, targets = pooled[:half], pooled[half:]
         losses.append(info_nce(sources, targets, model.align.temperature).item())
         similarity = torch.nn.functional.normalize(sources, dim=-1) @ torch.nn.functional.normalize(targets, dim=-1).T
         correct += int((similarity.argmax(dim=1) == torch.arange(half, device=similarity.device)).sum().item())
         total += half
-    if not losses:
-        return {}
-    return {"eval_align_loss": sum(losses) / len(losses), "eval_align_batch_accuracy": correct / total}
+    metrics = retrieval_by_language(torch.cat(all_sources), torch.cat(all_targets), pairs.languages)
+    if losses:
+        metrics.update({"eval_align_loss": sum(losses) / len(losses), "eval_align_batch_accuracy": correct / total})
+    return metrics
 
 
 def make_evaluator(
     model: ObjectiveModel,
     device: torch.device,
     task_batches: list[dict[str, torch.Tensor]] | None,
-    pair_batches: list[dict[str, torch.Tensor]] | None,
+    pairs: PairEval | None,
 ) -> Callable[[], dict[str, float]] | None:
-    if not task_batches and not pair_batches:
+    if not task_batches and not pairs:
         return None
 
     def evaluate() -> dict[str, float]:
@@ -67,8 +102,8 @@ def make_evaluator(
         metrics: dict[str, float] = {}
         if task_batches:
             metrics["eval_task_loss"] = eval_task_loss(model, task_batches, device)
-        if pair_batches and model.exit is not None:
-            metrics.update(eval_align(model, pair_batches, device))
+        if pairs and model.exit is not None:
+            metrics.update(eval_align(model, pairs, device))
         return metrics
 
     return evaluate

@@ -141,6 +141,8 @@ def run_loop(
     parameters = [p for p in model.parameters() if p.requires_grad]
     display = ProgressDisplay(settings.total_steps, state.step, enabled=accelerator.is_main_process)
     sums: dict[str, list[float]] = {}
+    if evaluate is not None and settings.eval_every and state.step == 0:
+        log.write({"step": 0, **evaluate()})  # the starting point: did training raise or lower the held-out scores?
     window_tokens, window_start = 0, time.perf_counter()
     model.train()
     with StopRequest().installed() as stop, display:

@@ -48,7 +48,7 @@ from loramerge.train.checkpoints import (
     latest_checkpoint,
     read_checkpoint,
 )
-from loramerge.train.eval_loss import batches, make_evaluator
+from loramerge.train.eval_loss import PairEval, batches, make_evaluator
 from loramerge.train.log import MetricsLog, truncate_metrics
 from loramerge.train.loop import LoopSettings, LoopState, StepCallback, is_sharded, run_loop
 from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
@@ -176,16 +176,19 @@ def build_streams(
 
 def eval_batches(
     recipe: TrainRecipe, tokenizer: PreTrainedTokenizerBase, with_task: bool, with_pairs: bool
-) -> tuple[list[dict[str, torch.Tensor]] | None, list[dict[str, torch.Tensor]] | None]:
+) -> tuple[list[dict[str, torch.Tensor]] | None, PairEval | None]:
     pad = tokenizer.pad_token_id
     task = pairs = None
     if with_task and recipe.eval_data is not None:
         examples = tokenize_task(read_task_file(Path(recipe.eval_data)), tokenizer, recipe.max_length)
         task = [collate_task(chunk, pad) for chunk in batches(examples, recipe.batch_size)]
     if with_pairs and recipe.eval_pairs is not None:
-        _, sources, targets = tokenized_pairs(recipe.eval_pairs, tokenizer, recipe)
+        held_out, sources, targets = tokenized_pairs(recipe.eval_pairs, tokenizer, recipe)
         size = pair_batch_size(recipe)
-        pairs = [collate_pairs(s, t, pad) for s, t in zip(batches(sources, size), batches(targets, size))]
+        pairs = PairEval(
+            batches=[collate_pairs(s, t, pad) for s, t in zip(batches(sources, size), batches(targets, size))],
+            languages=[pair.target_lang or "target" for pair in held_out],
+        )
     return task, pairs
 
 

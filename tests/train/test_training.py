@@ -126,7 +126,11 @@ def test_eval_sets_are_scored(tiny_model_dir, example_data, tmp_path):
     )
     result = train_adapter(settings, "task", tmp_path / "joint")
     assert {"eval_task_loss", "eval_align_loss", "eval_align_batch_accuracy"} <= set(result.metrics)
-    assert len(losses(tmp_path / "joint", "eval_task_loss")) == 2  # steps 2 and 4
+    assert {"eval_retrieval", "eval_retrieval_fr"} <= set(result.metrics)  # margin retrieval over all dev pairs
+    assert result.metrics["eval_retrieval"] == result.metrics["eval_retrieval_fr"]  # one language: its own mean
+    assert 0.0 <= result.metrics["eval_retrieval"] <= 1.0
+    assert len(losses(tmp_path / "joint", "eval_task_loss")) == 3  # before training (step 0), steps 2 and 4
+    assert len(losses(tmp_path / "joint", "eval_retrieval")) == 3
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, example_data, tmp_path):
