@@ -40,8 +40,13 @@ def alignment_loss(pooled: torch.Tensor, settings: AlignSettings) -> torch.Tenso
     """InfoNCE between the two halves of a pair batch: rows [0, B) are sources, [B, 2B) their targets.
 
     With several processes the candidates are the gathered global batch (with gradient), so every
-    process's anchors are contrasted with all the negatives of the step, not just its own.
+    process's anchors are contrasted with all the negatives of the step, not just its own. settings.center
+    subtracts the mean of all pooled vectors of the step (both sides, all processes) before the cosines.
     """
+    if settings.center:
+        # centre on the global batch's mean, so that N processes train exactly as one process with N x the batch
+        everyone = gather_with_grad(pooled) if settings.gather_across_processes else pooled
+        pooled = pooled - everyone.mean(dim=0, keepdim=True)
     half = pooled.shape[0] // 2
     sources, targets = pooled[:half], pooled[half:]
     if not settings.gather_across_processes:

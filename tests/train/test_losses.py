@@ -157,3 +157,20 @@ def test_gathered_candidates_give_the_full_batch_gradient(tmp_path: Path) -> Non
     torch.testing.assert_close(torch.stack([result["loss"] for result in results]).mean(), full.detach())
     torch.testing.assert_close(torch.cat([result["anchors"] for result in results]) / world, full_anchors.grad)
     torch.testing.assert_close(torch.cat([result["candidates"] for result in results]) / world, full_candidates.grad)
+
+
+def test_centred_alignment_loss_ignores_a_direction_every_vector_shares() -> None:
+    """Anisotropy: on the bundled models every pooled vector carries one large shared component (raw cosines
+    ~0.99). Centring on the micro-batch mean removes it, so the loss sees only what tells sentences apart."""
+    from loramerge.train.objectives import alignment_loss
+    from loramerge.train.recipe import AlignSettings
+
+    torch.manual_seed(0)
+    pooled = torch.randn(8, 16)  # 4 sources, then their 4 targets
+    shared = 50 * torch.randn(1, 16)
+    centred = AlignSettings(center=True)
+    assert torch.allclose(alignment_loss(pooled, centred), alignment_loss(pooled + shared, centred), atol=1e-5)
+    by_hand = info_nce(*(pooled - pooled.mean(dim=0)).split(4), temperature=0.1)
+    assert torch.allclose(alignment_loss(pooled, centred), by_hand)
+    raw = AlignSettings(center=False)
+    assert not torch.allclose(alignment_loss(pooled, raw), alignment_loss(pooled + shared, raw), atol=1e-2)
