@@ -117,6 +117,14 @@ def isocodes_task(
     root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
     iso_root: Annotated[Optional[Path], typer.Option("--iso-root", help="iso-codes JSON folder.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each entity).")] = 0,
+    align_pairs: Annotated[
+        Optional[str],
+        typer.Option(
+            "--align-pairs",
+            help="Also write align-train.jsonl: English <-> these languages' names of the TRAIN entities (in-domain "
+            "alignment pairs, no labels, no dev/test entity), e.g. ru,zh_CN,ja.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     debug: DebugOption = False,
 ) -> None:
@@ -133,6 +141,7 @@ def isocodes_task(
             locale_root=root or DEFAULT_ROOT,
             json_root=iso_root or DEFAULT_JSON_ROOT,
             overwrite=overwrite,
+            align_langs=list(comma_list(align_pairs)) if align_pairs else None,
         )
         print_iso_task(task, console)
 

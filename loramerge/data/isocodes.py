@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,19 @@ def translated_names(locale_root: Path, lang: str) -> dict[str, dict[str, str]]:
     return names
 
 
+ALIGN_FILE = "align-train.jsonl"
+
+
+def name_pairs(entity: Entity, langs: list[str], name_in: Callable[[Entity, str], str | None]) -> list[dict[str, str]]:
+    """English name -> name in each language that has one, as alignment pairs (no code, no prompt)."""
+    pairs = []
+    for lang in langs:
+        target = name_in(entity, lang)
+        if target and lang != SOURCE_LANG:
+            pairs.append({"source": entity.name, "target": target, "source_lang": SOURCE_LANG, "target_lang": lang})
+    return pairs
+
+
 @dataclass
 class IsoTask:
     counts: dict[str, dict[str, int]]  # split -> lang -> records
@@ -122,16 +136,22 @@ def build_iso_task(
     locale_root: Path = DEFAULT_ROOT,
     json_root: Path = DEFAULT_JSON_ROOT,
     overwrite: bool = False,
+    align_langs: list[str] | None = None,
 ) -> IsoTask:
     """Write <out>/train.jsonl (train entities in the supervised languages only), dev.jsonl and test.jsonl (their
     entities in every language, the same entities in each: parallel). An entity belongs to one split (a seeded
-    hash of its kind and code), and dev/test keep only entities named in every language."""
+    hash of its kind and code), and dev/test keep only entities named in every language.
+
+    align_langs: also write <out>/align-train.jsonl, in-domain alignment pairs: the English name of each TRAIN
+    entity with its name in each of these languages, without labels. No dev or test entity appears in it (the
+    paper's in-domain alignment data: translations of the task's training inputs)."""
     with output_lock(out):
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)
         fractions = parse_split(split)
         langs = list(dict.fromkeys([*supervised, *transfer]))
-        names = {lang: translated_names(locale_root, lang) for lang in langs if lang != SOURCE_LANG}
+        named = dict.fromkeys([*langs, *(align_langs or [])])
+        names = {lang: translated_names(locale_root, lang) for lang in named if lang != SOURCE_LANG}
         check_languages(supervised, transfer, names, locale_root)
         entities = read_entities(json_root)
 
@@ -140,8 +160,11 @@ def build_iso_task(
 
         records: dict[str, list[dict[str, str]]] = {name: [] for name, fraction in fractions.items() if fraction > 0}
         kinds: dict[str, Counter[str]] = {name: Counter() for name in records}
+        align_pairs: list[dict[str, str]] = []
         for entity in sorted(entities, key=lambda e: e.key):
             part = split_of(entity.key, fractions, seed)
+            if part == "train":
+                align_pairs += name_pairs(entity, align_langs or [], name_in)
             split_langs = supervised if part == "train" else langs
             local = {lang: name_in(entity, lang) for lang in split_langs}
             if part != "train" and not all(local.values()):
@@ -154,14 +177,23 @@ def build_iso_task(
             if rows:
                 kinds[part][entity.kind] += 1
                 records[part] += rows
+        # a train entity can share its name with a dev/test one ("Guarani": currency PYG in train, language gn in
+        # test): such pairs would carry a held-out name, so they are dropped
+        held_out = {row["prompt"] for part, rows in records.items() if part != "train" for row in rows}
+        align_pairs = [p for p in align_pairs if not {prompt_text(p["source"]), prompt_text(p["target"])} & held_out]
         empty = [name for name, rows in records.items() if not rows]
         if empty:
             raise LoramergeError(
                 f"no {', '.join(empty)} items for these languages; widen --split or choose better-covered languages"
             )
         with atomic_directory(out) as staging:  # the three files appear together, replacing the old folder whole
-            write_jsonl_files({staging / f"{name}.jsonl": rows for name, rows in records.items()}, overwrite=True)
+            outputs = {staging / f"{name}.jsonl": rows for name, rows in records.items()}
+            if align_langs:
+                outputs[staging / ALIGN_FILE] = align_pairs
+            write_jsonl_files(outputs, overwrite=True)
         files = {name: out / f"{name}.jsonl" for name in records}
+        if align_langs:
+            files["align pairs"] = out / ALIGN_FILE
         return IsoTask(
             counts={name: dict(Counter(row["lang"] for row in rows)) for name, rows in records.items()},
             entities={name: sum(kinds[name].values()) for name in records},

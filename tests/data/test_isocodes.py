@@ -75,3 +75,22 @@ def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path: Pat
     finally:
         os.umask(umask)
     assert all(path.stat().st_mode & 0o777 == 0o644 for path in task.files.values())
+
+
+def test_in_domain_alignment_pairs_name_only_train_entities(tmp_path: Path) -> None:
+    """--align-pairs: translations of the training inputs, no labels, and no dev or test entity (no leak)."""
+    result = CliRunner().invoke(
+        app,
+        ["data", "isocodes", "--supervised", "en,fr", "--transfer", "ru,ko", "--align-pairs", "ru,ja", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    pairs = read(tmp_path / "align-train.jsonl")
+    train, test = read(tmp_path / "train.jsonl"), read(tmp_path / "test.jsonl")
+    assert {p["target_lang"] for p in pairs} == {"ru", "ja"} and {p["source_lang"] for p in pairs} == {"en"}
+    english_train = {r["prompt"].removeprefix("Name: ").strip() for r in train if r["lang"] == "en"}
+    english_test = {r["prompt"].removeprefix("Name: ").strip() for r in test if r["lang"] == "en"}
+    assert {p["source"] for p in pairs} <= english_train
+    assert not {p["source"] for p in pairs} & english_test
+    assert len(pairs) > 500  # ~370 train entities x 2 languages, a few untranslated
+    assert all("{" not in p["target"] and "Name:" not in p["source"] for p in pairs)  # names only, no labels
+    assert {r["lang"] for r in test} == {"en", "fr", "ru", "ko"}  # alignment languages do not enter dev/test
