@@ -63,8 +63,9 @@ def retrieval_by_language(sources: torch.Tensor, targets: torch.Tensor, language
 
 @torch.no_grad()
 def eval_align(model: ObjectiveModel, pairs: PairEval, device: torch.device) -> dict[str, float]:
-    """Mean InfoNCE over eval batches, top-1 accuracy of each source among its batch's targets, and margin
-    retrieval at the aligned layer per target language over all held-out pairs (`retrieval_by_language`)."""
+    """Mean InfoNCE over eval batches, top-1 accuracy of each source among its batch's targets (both on centred
+    vectors when training centres), and margin retrieval at the aligned layer per target language over all
+    held-out pairs (`retrieval_by_language`), on the raw pooled vectors as `loramerge probe` scores them."""
     losses, correct, total = [], 0, 0
     all_sources, all_targets = [], []
     for batch in pairs.batches:
@@ -73,9 +74,11 @@ def eval_align(model: ObjectiveModel, pairs: PairEval, device: torch.device) -> 
             model.exit(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"], model.align.skip_first_token
         )
         half = pooled.shape[0] // 2
+        all_sources.append(pooled[:half].cpu())
+        all_targets.append(pooled[half:].cpu())
+        if model.align.center:  # the loss and batch accuracy as training computes them; retrieval stays raw, as the probe's
+            pooled = pooled - pooled.mean(dim=0, keepdim=True)
         sources, targets = pooled[:half], pooled[half:]
-        all_sources.append(sources.cpu())
-        all_targets.append(targets.cpu())
         if half < 2:
             continue  # one pair has no negative
         losses.append(info_nce(sources, targets, model.align.temperature).item())
