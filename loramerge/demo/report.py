@@ -1,4 +1,5 @@
-"""The demo's results.json and report.md: task scores per language group, retrieval at the aligned layer, costs."""
+"""The demo's results.json and report.md: task scores per language group with intervals, whether transfer
+improved, retrieval at the aligned layer, costs."""
 
 from __future__ import annotations
 
@@ -56,15 +57,30 @@ def demo_results(
     layer: int | None,
     seconds: dict[str, float],
     total_seconds: float,
+    folder: Path = Path("."),
 ) -> dict[str, Any]:
+    from loramerge.demo.findings import retrieval_by_group, task_intervals
+
+    intervals = task_intervals(folder / "eval" / "predictions", list(evaluation["variants"]), plan)
+    by_group = retrieval_by_group(retrieval, layer, plan) if layer is not None else {}
     return {
         "model": plan.model,
         "plan": {key: value for key, value in asdict(plan).items() if key != "recipe_overrides"},
         "data": data,
         "training": {"align": align, "task": task},
         "merge": merged,
-        "task": {"metric": evaluation["metric"], "groups": task_summary(evaluation, plan), "evaluation": "eval/results.json"},
-        "retrieval": {"layer": layer, "variants": retrieval_summary(retrieval, layer), "probe": "probe/probe.json"},
+        "task": {
+            "metric": evaluation["metric"],
+            "groups": task_summary(evaluation, plan),
+            "intervals": intervals,
+            "evaluation": "eval/results.json",
+        },
+        "retrieval": {
+            "layer": layer,
+            "variants": retrieval_summary(retrieval, layer),
+            "by_direction_group": by_group,
+            "probe": "probe/probe.json",
+        },
         "seconds": {**seconds, "total": round(total_seconds, 1)},
     }
 
@@ -78,10 +94,7 @@ def retrieval_reading(retrieval: dict[str, Any]) -> str:
     change = 100 * (align - base)
     if change > 0:
         return f"The alignment adapter raises retrieval at layer {retrieval['layer']} by {change:.1f} points."
-    return (
-        f"The alignment adapter lowers retrieval at layer {retrieval['layer']} by {-change:.1f} points. BENCHMARKS.md "
-        "found the same after 100 steps and a rise after 400: this short run shows the pipeline, not the method's gain."
-    )
+    return f"The alignment adapter lowers retrieval at layer {retrieval['layer']} by {-change:.1f} points."
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -96,11 +109,71 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def report_markdown(results: dict[str, Any], eval_table: str) -> str:
+def interval_text(entry: dict[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{entry['mean']:{sign}.1f} [{entry['low']:{sign}.1f}, {entry['high']:{sign}.1f}]"
+
+
+def language_rows(results: dict[str, Any]) -> list[list[str]]:
+    plan, per_language = results["plan"], results["task"]["intervals"]["languages"]
+    roles = {lang: "supervised" for lang in plan["supervised"]}
+    roles.update({lang: "transfer (aligned)" for lang in plan["aligned"]})
+    roles.update({lang: "transfer (no alignment data)" for lang in plan["unaligned"]})
+    order = [*plan["supervised"], *plan["aligned"], *plan["unaligned"]]
+    return [
+        [lang, roles[lang], *(interval_text(entry) for entry in per_language[lang].values())]
+        for lang in order
+        if lang in per_language
+    ]
+
+
+def gain_rows(gains: dict[str, dict[str, Any]]) -> list[list[str]]:
+    return [
+        [group, variant, str(entry["items"]), interval_text(gain, signed=True), gain["verdict"]]
+        for group, entry in gains.items()
+        for variant, gain in entry.items()
+        if variant != "items"
+    ]
+
+
+def transfer_reading(gains: dict[str, dict[str, Any]]) -> str:
+    """One sentence per tuned variant on the transfer languages, from the paired interval."""
+    transfer = gains.get("transfer", {})
+    sentences = []
+    for variant, gain in transfer.items():
+        if variant == "items":
+            continue
+        what = {"improved": "Transfer improved", "worse": "Transfer got worse"}.get(
+            gain["verdict"], "No detectable change in transfer"
+        )
+        sentences.append(
+            f"{what} with the {variant} adapter: {gain['mean']:+.1f} points over task-only on the transfer languages, "
+            f"95 % interval [{gain['low']:+.1f}, {gain['high']:+.1f}] over {transfer['items']} paired test items."
+        )
+    return " ".join(sentences)
+
+
+def retrieval_group_rows(retrieval: dict[str, Any]) -> list[list[str]]:
+    by_group = retrieval.get("by_direction_group", {})
+    base = by_group.get("base", {})
+    rows = []
+    for name, groups in by_group.items():
+        cells = []
+        for group, value in groups.items():
+            change = (
+                "" if name == "base" or value is None or base.get(group) is None else f" ({100 * (value - base[group]):+.1f})"
+            )
+            cells.append(f"{fmt(value, 3)}{change}")
+        rows.append([name, *cells])
+    return rows
+
+
+def report_markdown(results: dict[str, Any]) -> str:
     plan, groups = results["plan"], results["task"]["groups"]
     variants = list(groups)
     group_names = list(next(iter(groups.values())))
     task_rows = [[group, *(fmt(groups[v][group]) for v in variants)] for group in group_names]
+    gains = results["task"]["intervals"]["gain over task"]
     retrieval = results["retrieval"]
     retrieval_rows = [
         [name, fmt(r["at_aligned_layer"], 3), f"{fmt(r['best'], 3)} (layer {r['best_layer']})"]
@@ -114,17 +187,36 @@ def report_markdown(results: dict[str, Any], eval_table: str) -> str:
         f"(percent). Task training data: {', '.join(plan['supervised'])} only. Alignment pairs (gettext UI sentences, "
         f"a different domain): en <-> {', '.join(plan['aligned'])}. No alignment data: {', '.join(plan['unaligned'])}.",
         "",
+        "## Did transfer improve?",
+        "",
+        transfer_reading(gains),
+        "",
+        *markdown_table(
+            ["language group", "adapter", "paired test items", "gain over task-only [95 % interval]", "verdict"], gain_rows(gains)
+        ),
+        "",
+        "Intervals: percentile bootstrap over the test items, each item paired with itself under task-only. They cover "
+        "the choice of test items, not the training seed: `bench/quality.py` repeats everything over 3 seeds "
+        "(BENCHMARKS.md).",
+        "",
         "## Task scores by language group (macro means)",
         "",
         *markdown_table(["group", *variants], task_rows),
         "",
         "![task scores](scores.png)",
         "",
-        "## Per language",
+        "## Per language, with 95 % intervals over the test items",
         "",
-        *(line for line in eval_table.splitlines() if line.startswith("|")),  # the eval report's table
+        *markdown_table(["language", "role", *variants], language_rows(results)),
         "",
-        "## Cross-lingual retrieval (average top-1 margin accuracy over all directions)",
+        f"## Cross-lingual retrieval at the aligned layer {retrieval['layer']} (top-1 margin accuracy, held-out sentences)",
+        "",
+        *markdown_table(
+            ["variant", "directions among en and aligned languages", f"directions touching {', '.join(plan['unaligned'])}"],
+            retrieval_group_rows(retrieval),
+        ),
+        "",
+        "In brackets: the change from the base model, in points. Over all directions, and the best layer:",
         "",
         *markdown_table(["variant", f"at the aligned layer {retrieval['layer']}", "best layer"], retrieval_rows),
         "",
@@ -138,10 +230,7 @@ def report_markdown(results: dict[str, Any], eval_table: str) -> str:
         "",
         "Adapters: `adapters/align`, `adapters/task`, `adapters/merged` (each with its model card and recipe). "
         "Rerun any step from this folder with the commands at the top of `recipes/*.yaml`. "
-        "Details: `eval/results.json`, `eval/predictions/`, `probe/probe.json`.",
-        "",
-        "This is one seed at demo scale: differences of a few points between variants are within seed noise; "
-        "`bench/quality.py` measures the spread over seeds (BENCHMARKS.md).",
+        "Details: `eval/results.json`, `eval/predictions/`, `eval/report.md`, `probe/probe.json`.",
         "",
     ]
     return "\n".join(lines)
@@ -149,5 +238,4 @@ def report_markdown(results: dict[str, Any], eval_table: str) -> str:
 
 def write_report(results: dict[str, Any], folder: Path) -> None:
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    eval_table = (folder / "eval" / "report.md").read_text(encoding="utf-8")
-    (folder / "report.md").write_text(report_markdown(results, eval_table), encoding="utf-8")
+    (folder / "report.md").write_text(report_markdown(results), encoding="utf-8")

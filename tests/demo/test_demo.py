@@ -38,6 +38,17 @@ def test_quick_demo_runs_every_step_and_writes_the_report(smollm2_cache, tmp_pat
             assert variant[group] == pytest.approx(sum(scores[lang]["score"] for lang in langs) / len(langs), abs=0.01)
     assert results["merge"]["exact"] and results["merge"]["rank_max"] == 16  # cat of two r=8 adapters
     assert set(results["retrieval"]["variants"]) == {"base", "align", "merged"}
+    by_group = results["retrieval"]["by_direction_group"]
+    assert set(by_group) == {"base", "align", "merged"}
+    assert set(by_group["align"]) == {"aligned languages", "no alignment data"}
+    intervals = results["task"]["intervals"]
+    assert set(intervals["languages"]) == {"en", "fr", "ru", "zh_CN", "ja", "ko"}
+    for language, per_variant in intervals["languages"].items():  # each interval brackets eval's own score
+        for name, interval in per_variant.items():
+            assert interval["low"] <= evaluation[name]["languages"][language]["score"] <= interval["high"]
+    gains = intervals["gain over task"]
+    assert gains["transfer"]["items"] == 4 * 4  # 4 test entities x 4 transfer languages, paired
+    assert gains["transfer"]["merged"]["verdict"] in {"improved", "worse", "no detectable change"}
     assert results["retrieval"]["layer"] == results["training"]["align"]["align_layer"] == 15  # round(30 / 2)
     assert set(results["seconds"]) >= {"data", "train-align", "train-task", "merge", "eval", "probe", "total"}
 
@@ -61,6 +72,7 @@ def test_quick_demo_runs_every_step_and_writes_the_report(smollm2_cache, tmp_pat
     assert [source["path"] for source in merge_recipe["sources"]] == ["adapters/task", "adapters/align"]
     report = (out / "report.md").read_text()
     assert "transfer (no alignment data)" in report and "| en | supervised |" in report
+    assert "## Did transfer improve?" in report and "over task-only on the transfer languages" in report
     assert not list(tmp_path.glob(".demo.partial-*"))
 
 
