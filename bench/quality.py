@@ -1,13 +1,19 @@
 """Quality benchmark: task-only vs joint (train-task --pairs) vs merged (task + separately trained alignment),
-per language group, over several seeds. The demo's data and recipes (recipes/demo/), so the numbers are what
-`loramerge demo` would show, with the spread that one demo run cannot.
+per language group, over several seeds, with paired bootstrap 95 % intervals. The demo's data and recipes
+(recipes/demo/), so the numbers are what `loramerge demo` would show, with the spread one demo run cannot.
 
-    .venv/bin/python bench/quality.py [--seeds 0,1,2] [--test-entities 50] [--out bench-out/quality] [--quick]
+    .venv/bin/python bench/quality.py [--seeds 0,1,2] [--test-entities 187] [--out bench/out/quality] [--quick]
 
-Resumable: an adapter or evaluation already in --out is reused, so an interrupted run continues where it was.
-Writes OUT/quality.json and prints the markdown table that BENCHMARKS.md quotes. The test split is never used
-for any choice: the merge weight was chosen on the dev split (merge --search, BENCHMARKS.md) and all
-hyperparameters are fixed in advance (recipes/demo/).
+Protocol (issue 14):
+- splits fixed by the iso-codes builder: train (en, fr only), dev (57 entities x 6 languages), test (187 x 6);
+- the one choice made here, the alignment adapter's merge weight, is made on DEV with seed 0's adapters
+  (`merge --search`, objective: transfer mean); every other setting is fixed in recipes/demo/; TEST is read
+  only by the final evaluation, after the choice;
+- each seed trains all three adapters; the variants are compared item by item on the same test records;
+- intervals: two-level (seed x item) percentile bootstrap of the mean per-item difference
+  (loramerge.evaluate.confidence), and the smallest effect the design detects (80 % power, 5 % level).
+Resumable: adapters, the search and evaluations already in --out are reused. Writes OUT/quality.json and
+prints the markdown tables BENCHMARKS.md quotes.
 """
 
 from __future__ import annotations
@@ -15,88 +21,154 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from align_study import first_groups  # bench/ is on sys.path when this file runs as a script
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.report import task_summary
+from loramerge.demo.findings import language_groups
 from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
+from loramerge.evaluate.confidence import bootstrap_interval, paired_scores
 from loramerge.recipes import apply_override, validate_recipe
 from loramerge.train.recipe import TrainRecipe
 
 VARIANTS = ("task", "joint", "merged")
-GROUPS = ("supervised", "transfer (aligned)", "transfer (no alignment data)", "transfer")
 
 
-def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int, steps_factor: float) -> None:
+def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int, overrides: list[str]) -> None:
     from loramerge.train.run import train_adapter
 
     out = Path(f"seed{seed}/{name}")
     if (out / "adapter_model.safetensors").is_file():
         return
     data = demo_recipe(recipe_name, plan, paths)
-    apply_override(data, f"seed={seed}")
-    data["max_steps"] = round(data["max_steps"] * steps_factor)  # the same ratios as the demo, longer
+    for assignment in [f"seed={seed}", *overrides]:
+        apply_override(data, assignment)
     train_adapter(validate_recipe(TrainRecipe, data, f"{recipe_name} seed {seed}"), mode, out, overwrite=True)  # type: ignore[arg-type]
 
 
-def merged(plan: DemoPlan, seed: int) -> None:
-    """recipes/demo/merge.yaml (its weights chosen on the dev split, never on test) on this seed's adapters."""
+def alignment_pairs(kind: str, plan: DemoPlan) -> str:
+    """The alignment pairs file for --align-data, built in the data folder if missing."""
+    if kind == "ui":
+        return "data/pairs-train.jsonl"
+    from loramerge.data.isocodes import build_iso_task
+
+    path = Path("data/task-domain/align-train.jsonl")
+    if not path.is_file():  # the same seeded split as data/task: the same train, dev and test entities
+        build_iso_task(list(plan.supervised), list(plan.transfer), path.parent, align_langs=list(plan.aligned))
+    return str(path)
+
+
+def merge_recipe(plan: DemoPlan, seed: int) -> dict[str, Any]:
+    recipe = demo_recipe("merge", plan, {})
+    for source in recipe["sources"]:
+        source["path"] = source["path"].replace("adapters/", f"seed{seed}/")
+    return recipe
+
+
+def choose_align_weight(plan: DemoPlan, weights: str, console: Console) -> float:
+    """The alignment adapter's merge weight with the best dev transfer mean, on seed 0's adapters (dev only)."""
+    from loramerge.merge.recipe import MergeRecipe
+    from loramerge.merge.search import SearchSettings, search_and_merge
+    from loramerge.recipes import validate_recipe as validate
+
+    chosen = Path("selection/search.json")
+    if not chosen.is_file():
+        settings = SearchSettings(
+            specs=(f"align={weights}",),
+            dev=Path("data/task/dev.jsonl"),
+            model=plan.model,
+            supervised=",".join(plan.supervised),
+            objective="transfer",
+            max_new_tokens=plan.max_new_tokens,
+        )
+        recipe = validate(MergeRecipe, merge_recipe(plan, 0), "merge seed 0")
+        search_and_merge(recipe, settings, Path("selection/merged-seed0"), overwrite=True)
+        chosen.write_text((Path("selection/merged-seed0") / "search.json").read_text())
+    search = json.loads(chosen.read_text())
+    label = search["chosen"]
+    console.print(f"dev search: {label}")
+    return float(label.split("=")[-1])
+
+
+def merged(plan: DemoPlan, seed: int, align_weight: float) -> None:
     from loramerge.merge.engine import merge_adapters
 
     out = Path(f"seed{seed}/merged")
     if not (out / "adapter_model.safetensors").is_file():
-        recipe = demo_recipe("merge", plan, {})
-        for source in recipe["sources"]:
-            source["path"] = source["path"].replace("adapters/", f"seed{seed}/")
+        recipe = merge_recipe(plan, seed)
+        recipe["sources"][1]["weight"] = align_weight
         merge_adapters(recipe, out, overwrite=True)
 
 
-def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, Any]:
+def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, tuple[str, float]]]:
+    """variant -> test line -> (language, item score), from eval's predictions files."""
     from loramerge.evaluate.run import EvalSettings, run_eval
 
     out = Path(f"seed{seed}/eval")
-    if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())
-    settings = EvalSettings(
-        model=plan.model,
-        data=Path("data/task/test-bench.jsonl"),
-        out=out,
-        adapters=tuple(f"{name}=seed{seed}/{name}" for name in VARIANTS),
-        include_base=False,  # the base model scores 0: it does not know the answer format
-        supervised=",".join(plan.supervised),
-        max_new_tokens=plan.max_new_tokens,
-        overwrite=True,
-    )
-    return run_eval(settings, console)
+    if not (out / "results.json").is_file():
+        settings = EvalSettings(
+            model=plan.model,
+            data=Path("data/task/test-bench.jsonl"),
+            out=out,
+            adapters=tuple(f"{name}=seed{seed}/{name}" for name in VARIANTS),
+            include_base=False,  # the base model scores 0: it does not know the answer format
+            supervised=",".join(plan.supervised),
+            max_new_tokens=plan.max_new_tokens,
+            batch_size=32,
+            overwrite=True,
+        )
+        run_eval(settings, console)
+    items = {}
+    for variant in VARIANTS:
+        rows = [json.loads(line) for line in (out / "predictions" / f"{variant}.jsonl").read_text().splitlines()]
+        items[variant] = {row["line"]: (row["lang"], float(row["score"])) for row in rows}
+    return items
 
 
-def spread(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def table(per_seed: dict[int, dict[str, dict[str, float | None]]]) -> str:
-    """Mean ± sample std over seeds; the gain columns are per-seed differences to task-only (paired)."""
-    lines = [
-        "| group | task-only | joint | merged | joint - task | merged - task |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for group in GROUPS:
-        cells = []
+def compare(per_seed: list[dict[str, dict[int, tuple[str, float]]]], plan: DemoPlan) -> dict[str, Any]:
+    """Per group: each variant's mean with its interval, and joint - task, merged - task paired."""
+    result: dict[str, Any] = {}
+    lines = sorted(per_seed[0]["task"])
+    for group, languages in language_groups(plan).items():
+        items = [line for line in lines if per_seed[0]["task"][line][0] in languages]
+        scores = {v: [{line: seed[v][line][1] for line in items} for seed in per_seed] for v in VARIANTS}
+        zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
+        entry: dict[str, Any] = {"items": len(items)}
         for variant in VARIANTS:
-            values = [scores[variant][group] for scores in per_seed.values()]
-            cells.append(spread([v for v in values if v is not None]))
+            entry[variant] = bootstrap_interval(paired_scores(scores[variant], zero, items)).to_json()
         for variant in ("joint", "merged"):
-            gains = [scores[variant][group] - scores["task"][group] for scores in per_seed.values()]  # type: ignore[operator]
-            cells.append(spread(gains))
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+            difference = paired_scores(scores[variant], scores["task"], items)
+            entry[f"{variant} - task"] = bootstrap_interval(difference).to_json()
+        result[group] = entry
+    return result
+
+
+def retrieval_curve(metrics: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {row["step"]: row["eval_retrieval"] for row in rows if "eval_retrieval" in row and not row.get("final")}
+
+
+def interval_cell(entry: dict[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{entry['mean']:{sign}.1f} [{entry['low']:{sign}.1f}, {entry['high']:{sign}.1f}]"
+
+
+def tables(comparison: dict[str, Any]) -> str:
+    lines = [
+        "| group | test items / seed | task-only | joint | merged | joint - task | merged - task | detectable (joint, merged) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for group, entry in comparison.items():
+        cells = [interval_cell(entry[v]) for v in VARIANTS]
+        cells += [interval_cell(entry[f"{v} - task"], signed=True) for v in ("joint", "merged")]
+        cells.append(f"{entry['joint - task']['detectable']:.1f}, {entry['merged - task']['detectable']:.1f}")
+        lines.append(f"| {group} | {entry['items']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -104,9 +176,18 @@ def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--test-entities", type=int, default=50, help="test entities x 6 languages x 3 variants")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/quality"))
-    parser.add_argument("--steps-factor", type=float, default=1.0, help="scale every recipe's max_steps (2.5: a larger run)")
+    parser.add_argument("--test-entities", type=int, default=187, help="test entities (all 187) x 6 languages x 3 variants")
+    parser.add_argument("--align-weights", default="0.25,0.5,1", help="merge weights of the alignment adapter tried on dev")
+    parser.add_argument(
+        "--align-data",
+        choices=("ui", "task-domain"),
+        default="ui",
+        help="alignment pairs: gettext UI sentences (the demo's, out of domain) or the names of the task's TRAIN "
+        "entities in the aligned languages (in domain, no labels, no dev/test entity)",
+    )
+    parser.add_argument("--dev-only", action="store_true", help="stop after the dev selection: never reads test")
+    parser.add_argument("--align-eval-every", type=int, default=20, help="steps between dev retrieval evaluations")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/quality"))
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
@@ -114,32 +195,59 @@ def main() -> None:
     console = Console(stderr=True)
     options.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
     with working_directory(options.out):
         if not Path("data/task/test.jsonl").is_file():
             build_data(plan, console)
+        pairs = alignment_pairs(options.align_data, plan)
         test_subset(Path("data/task/test.jsonl"), options.test_entities, Path("data/task/test-bench.jsonl"))
-        per_seed = {}
+        dev_probe = first_groups(Path("data/probe-dev.jsonl"), 100, Path("data/probe-dev-100.jsonl"))
         for seed in seeds:
-            console.rule(f"seed {seed} ({time.perf_counter() - started:.0f} s so far)")
-            train("align", "align", "align", plan, {"pairs": "data/pairs-train.jsonl"}, seed, options.steps_factor)
-            train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed, options.steps_factor)
-            joint_paths = {"data": "data/task/train.jsonl", "pairs": "data/pairs-train.jsonl"}
-            train("joint", "joint", "task", plan, joint_paths, seed, options.steps_factor)
-            merged(plan, seed)
-            per_seed[seed] = task_summary(evaluate(plan, seed, console), plan)
+            console.rule(f"training, seed {seed} ({time.perf_counter() - started:.0f} s so far)")
+            # the alignment adapter logs margin retrieval on dev sentences as it trains: is the rise monotonic?
+            curve = [f"eval_pairs={dev_probe}", f"eval_every={options.align_eval_every}"]
+            train("align", "align", "align", plan, {"pairs": pairs}, seed, curve)
+            train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed, [])
+            if not options.dev_only:  # the dev selection scores merges only
+                joint_paths = {"data": "data/task/train.jsonl", "pairs": pairs}
+                train("joint", "joint", "task", plan, joint_paths, seed, [])
+        seconds["training"] = time.perf_counter() - started
+        console.rule("selection on dev")
+        align_weight = choose_align_weight(plan, options.align_weights, console)
+        seconds["selection"] = time.perf_counter() - started - seconds["training"]
+        if options.dev_only:
+            print(Path("selection/search.json").read_text())
+            return
+        per_seed = []
+        for seed in seeds:
+            console.rule(f"test evaluation, seed {seed}")
+            merged(plan, seed, align_weight)
+            per_seed.append(evaluate(plan, seed, console))
+        comparison = compare(per_seed, plan)
+        curves = {seed: retrieval_curve(Path(f"seed{seed}/align/metrics.jsonl")) for seed in seeds}
+        seconds["total"] = time.perf_counter() - started
         result = {
             "model": plan.model,
             "seeds": seeds,
             "test_entities": options.test_entities,
-            "steps_factor": options.steps_factor,
-            "per_seed": per_seed,
-            "seconds": round(time.perf_counter() - started),
+            "align_data": options.align_data,
+            "align_weight_chosen_on_dev": align_weight,
+            "comparison": comparison,
+            "align_dev_retrieval": curves,
+            "seconds": {k: round(v) for k, v in seconds.items()},
             "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "torch_threads": torch.get_num_threads(),
             "command": " ".join(sys.argv),
         }
         Path("quality.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(per_seed))
-    print(f"\n{len(seeds)} seeds, {options.test_entities} test entities x 6 languages, {result['seconds']} s")
+    print(tables(comparison))
+    print("\n| seed | dev margin retrieval at the aligned layer by step (all transfer languages) |\n|---|---|")
+    for seed, curve in curves.items():
+        print(f"| {seed} | " + " ".join(f"{step}: {100 * value:.1f}" for step, value in curve.items()) + " |")
+    print(
+        f"\n{len(seeds)} seeds, {options.test_entities} test entities x 6 languages; align weight {align_weight} "
+        f"(chosen on dev); exact match, percent, mean [95 % interval]; {result['seconds']} s"
+    )
 
 
 if __name__ == "__main__":

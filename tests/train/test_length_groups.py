@@ -70,13 +70,17 @@ def grads_of(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.requires_grad and p.grad is not None]
 
 
+@pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_split_batches_give_the_same_losses_and_gradients(architecture: str) -> None:
+def test_split_batches_give_the_same_losses_and_gradients(architecture: str, center: bool) -> None:
     torch.manual_seed(0)
     model = get_peft_model(build_tiny(architecture), LoraConfig(r=4, target_modules=ALL_LINEAR))
     randomize_trainable(model, seed=1)
     model.train()
-    settings = AlignSettings()
+    settings = AlignSettings(center=center)
+    # centring subtracts the batch mean from vectors much larger than their differences: float32 cancellation
+    # leaves ~1e-6 absolute noise on the smallest gradient entries (measured 1.06e-6 on gemma3)
+    gradient_atol = 5e-6 if center else 1e-6
     split = ObjectiveModel(model, 2, settings, split_by_length=True)
     whole = ObjectiveModel(model, 2, settings, split_by_length=False)
     ids, mask, labels = ragged_batch(model.config.vocab_size)
@@ -89,7 +93,7 @@ def test_split_batches_give_the_same_losses_and_gradients(architecture: str) -> 
         split_loss, whole_loss = split(objective, *arguments), whole(objective, *arguments)
         torch.testing.assert_close(split_loss, whole_loss, rtol=1e-5, atol=1e-6)
         for a, b in zip(grads_of(model, split_loss), grads_of(model, whole_loss), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=gradient_atol if objective == ALIGN else 1e-6)
 
 
 def halves(ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
