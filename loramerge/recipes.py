@@ -150,9 +150,9 @@ def load_recipe(
     return validate_recipe(schema, data, origin, override_origins(overrides, flags))
 
 
-def dump_recipe(recipe: BaseModel) -> str:
-    """The resolved recipe as YAML, to write next to every output."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_recipe(recipe: BaseModel, exclude_none: bool = False) -> str:
+    """The resolved recipe as YAML, to write next to every output; exclude_none leaves out unset optional keys."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=exclude_none), sort_keys=False, allow_unicode=True)
 
 
 SHIPPED_RECIPES = "loramerge.shipped_recipes"  # the repository's recipes/ folder, carried in the wheel

@@ -46,7 +46,7 @@ def test_flags_override_the_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("sources:\n  - path: a\nmethod: svd\nrank: 4\n")
     recipe = load_recipe(MergeRecipe, path, ["rank=8"], {"method": "svd", "seed": None})
-    assert recipe.rank == 8 and recipe.seed == 0
+    assert recipe.rank == 8 and recipe.seed is None  # a flag left at None sets nothing
 
 
 @pytest.mark.parametrize("text,expected", [("8", (8, 8)), ("0-7", (0, 7)), ("16-", (16, None)), ("-15", (None, 15))])

@@ -120,7 +120,11 @@ def merge(
     ] = None,
     method: Annotated[
         Optional[str],
-        typer.Option("--method", help="cat (exact, default), svd, ties, dare_ties, dare_linear, magnitude_prune, linear."),
+        typer.Option(
+            "--method",
+            help="cat (exact, default), svd; core space: tsv, iso_c, iso_cts, knots_ties, core_ties, core_dare; "
+            "dense: ties, dare_ties, dare_linear, magnitude_prune; linear (PEFT compatibility).",
+        ),
     ] = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank for svd and the sparsifying methods.")] = None,
     energy: Annotated[
@@ -131,7 +135,7 @@ def merge(
     ] = None,
     overrides: OverridesOption = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the inputs').")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random methods (dare_*).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random methods (dare_*, core_dare).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
     allow_base_mismatch: Annotated[
         bool, typer.Option("--allow-base-mismatch", help="Merge adapters whose base_model_name_or_path differ.")

@@ -28,9 +28,9 @@ from loramerge.hub.card import MergedInput, input_card_metadata, render_merge_ca
 from loramerge.merge.inputs import carry_tensors, load_and_check, read_factors
 from loramerge.merge.layer_weights import layer_index, module_weight
 from loramerge.merge.layout import SERVED_BY, missing_in_layers, pad_factors, same_place_key
-from loramerge.merge.methods import METHODS, Contribution, MethodSettings
+from loramerge.merge.methods import METHODS, Contribution
 from loramerge.merge.peft_config import merged_config
-from loramerge.merge.recipe import MergeRecipe, MergeSource
+from loramerge.merge.recipe import MergeRecipe, MergeSource, method_settings
 from loramerge.merge.report import build_report, rank_span, serving_warnings, summarise
 from loramerge.merge.stream_writer import StreamingWriter, TensorSpec
 from loramerge.output_lock import output_lock
@@ -85,7 +85,7 @@ def planned_rank(recipe: MergeRecipe, adapters: list[LoraAdapter], name: str) ->
         return total
     if recipe.method == "linear":
         return modules[0].rank
-    if recipe.method == "svd" and recipe.energy is None:
+    if (recipe.method == "svd" or METHODS[recipe.method].core_space) and recipe.energy is None:
         # the QR-core SVD has min(out, in, R) singular values
         available = min(modules[0].out_features, modules[0].in_features, total)
         return min(recipe.rank if recipe.rank is not None else total, available)
@@ -104,14 +104,8 @@ def merge_module(
         contributions.append(Contribution(a=a, b=b, scale=adapter.modules[name].scale, weight=weight))
         indices.append(index)
         weights.append(weight)
-    settings = MethodSettings(
-        rank=recipe.rank,
-        energy=recipe.energy,
-        density=recipe.density,
-        normalize=recipe.normalize,
-        majority_sign=recipe.majority_sign,
-    )
-    generator = torch.Generator().manual_seed(module_seed(recipe.seed, name))
+    settings = method_settings(recipe)
+    generator = torch.Generator().manual_seed(module_seed(recipe.seed or 0, name))
     merged = METHODS[recipe.method].function(contributions, settings, generator)
     module = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
     entry = {
@@ -270,7 +264,8 @@ def merge_adapters(
                 "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
             }
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            recipe_yaml = dump_recipe(pinned(recipe, adapters))
+            # unset method keys stay out: the file reruns as is, and a key the method does not read would be refused
+            recipe_yaml = dump_recipe(pinned(recipe, adapters), exclude_none=True)
             (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
             inputs = [
                 MergedInput(

@@ -1,19 +1,26 @@
 """Merge methods: small pure functions from per-module contributions to merged LoRA factors.
 
 Each adapter i contributes w_i * s_i * B_i @ A_i to a module. Factor-space methods (cat, svd, linear)
-never form the dense matrix; sparsifying methods (ties, dare, magnitude pruning) are defined on the
-dense update dW (pruning A and B separately is not invariant to B -> BG, A -> G^-1 A), so they form it
-for one module at a time and recompress it to low rank.
+never form the dense matrix; the dense sparsifying methods (ties, dare, magnitude pruning) are defined on the
+dense update dW (pruning A and B separately is not invariant to B -> BG, A -> G^-1 A), so they form it for one
+module at a time and recompress it to low rank. The core-space methods (core_methods.py) act on R x R cores.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from loramerge.merge.core_methods import (
+    merge_core_dare,
+    merge_core_ties,
+    merge_iso_c,
+    merge_iso_cts,
+    merge_knots_ties,
+    merge_tsv,
+)
 from loramerge.merge.lowrank import (
     Truncation,
     choose_rank,
@@ -22,28 +29,16 @@ from loramerge.merge.lowrank import (
     product_frobenius_norm,
     truncate,
 )
+from loramerge.merge.method_types import Contribution, MethodFunction, MethodSettings, default_rank
+from loramerge.merge.sparsify import Combiner, Sparsifier, dropped, elect_and_sum, trimmed, weighted_sum
 
+__all__ = ["METHODS", "Contribution", "MethodInfo", "MethodSettings"]
 
-@dataclass(frozen=True)
-class Contribution:
-    """One adapter's share of one module: weight * scale * b @ a."""
-
-    a: torch.Tensor  # r x in
-    b: torch.Tensor  # out x r
-    scale: float
-    weight: float
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    rank: int | None = None  # output rank of truncating methods; default: the sum of input ranks
-    energy: float | None = None  # or keep this fraction of ||dW||_F^2
-    density: float = 0.5  # fraction of entries kept by the sparsifying methods
-    normalize: bool = False  # ties: divide by the summed weights of the agreeing adapters
-    majority_sign: str = "total"  # ties: elect the sign by summed values or by vote count
-
-
-MethodFunction = Callable[[list[Contribution], MethodSettings, torch.Generator], Truncation]
+# Recipe keys read by the method families; a key set for a method that does not read it is refused (recipe.py).
+TRIM_KEYS = frozenset({"density", "kept_count"})
+ELECT_KEYS = frozenset({"majority_sign", "tie_vote"})
+NORMALIZE_KEYS = frozenset({"normalize", "normalize_divisor"})
+DARE_KEYS = frozenset({"density", "dare_rescale", "seed"})
 
 
 @dataclass(frozen=True)
@@ -51,8 +46,11 @@ class MethodInfo:
     function: MethodFunction
     exact: bool
     truncates: bool
-    sparsifies: bool
+    sparsifies: bool  # forms the dense out x in update of each module
     summary: str
+    keys: frozenset[str] = frozenset()
+    normalize_default: bool = False  # TIES' disjoint mean: the TIES paper averages the agreeing entries
+    core_space: bool = False  # works on R x R cores: output rank known before the work, like svd
 
 
 def _stack(contributions: list[Contribution]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +64,6 @@ def _stack(contributions: list[Contribution]) -> tuple[torch.Tensor, torch.Tenso
     return b, a
 
 
-def _default_rank(contributions: list[Contribution], settings: MethodSettings) -> int:
-    return settings.rank if settings.rank is not None else sum(c.a.shape[0] for c in contributions)
-
-
 def merge_cat(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
     b, a = _stack(contributions)
     return Truncation(b=b, a=a, retained_energy=1.0, relative_error=0.0)
@@ -78,7 +72,7 @@ def merge_cat(contributions: list[Contribution], settings: MethodSettings, gener
 def merge_svd(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
     b, a = _stack(contributions)
     spectrum = factor_svd(b, a)
-    keep = choose_rank(spectrum.values, _default_rank(contributions, settings), settings.energy)
+    keep = choose_rank(spectrum.values, default_rank(contributions, settings), settings.energy)
     return truncate(spectrum, keep)
 
 
@@ -98,79 +92,48 @@ def merge_linear(contributions: list[Contribution], settings: MethodSettings, ge
     return Truncation(b=b, a=a, retained_energy=None, relative_error=error)
 
 
-def magnitude_mask(matrix: torch.Tensor, density: float) -> torch.Tensor:
-    """True for the `density` fraction of entries with the largest magnitude."""
-    keep = int(round(density * matrix.numel()))
-    if keep >= matrix.numel():
-        return torch.ones_like(matrix, dtype=torch.bool)
-    if keep <= 0:
-        return torch.zeros_like(matrix, dtype=torch.bool)
-    magnitudes = matrix.abs().flatten()
-    # kthvalue is O(n); topk over ~60M entries of a 14336 x 4096 module is several times slower.
-    threshold = torch.kthvalue(magnitudes, magnitudes.numel() - keep + 1).values
-    return matrix.abs() >= threshold
-
-
-def dare_mask(matrix: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """Keep each entry with probability `density` (DARE, Yu et al. 2024)."""
-    return torch.rand(matrix.shape, generator=generator) < density
-
-
 def _dense_updates(contributions: list[Contribution]) -> list[torch.Tensor]:
     return [(c.b.float() @ c.a.float()) * c.scale for c in contributions]
-
-
-def elect_and_sum(weighted: list[torch.Tensor], weights: list[float], settings: MethodSettings) -> torch.Tensor:
-    """TIES sign election and disjoint sum (Yadav et al. 2023) over already weighted, pruned updates."""
-    stacked = torch.stack(weighted)
-    if settings.majority_sign == "frequency":
-        elected = torch.sign(torch.sign(stacked).sum(dim=0))
-    else:
-        elected = torch.sign(stacked.sum(dim=0))
-    agree = (torch.sign(stacked) == elected) & (stacked != 0)
-    merged = (stacked * agree).sum(dim=0)
-    if settings.normalize:
-        weight_column = torch.tensor(weights, dtype=stacked.dtype).abs().view(-1, *([1] * (stacked.dim() - 1)))
-        divisor = (agree * weight_column).sum(dim=0)
-        merged = torch.where(divisor > 0, merged / divisor.clamp(min=torch.finfo(divisor.dtype).tiny), merged)
-    return merged
 
 
 def _recompress(
     merged: torch.Tensor, contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator
 ) -> Truncation:
     return dense_truncation(
-        merged, _default_rank(contributions, settings) if settings.energy is None else None, settings.energy, generator
+        merged, default_rank(contributions, settings) if settings.energy is None else None, settings.energy, generator
     )
 
 
-def merge_magnitude_prune(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
-    merged = sum(c.weight * d * magnitude_mask(d, settings.density) for c, d in zip(contributions, _dense_updates(contributions)))
-    return _recompress(merged, contributions, settings, generator)
+def _dense_method(sparsify: Sparsifier, combine: Combiner) -> MethodFunction:
+    """Sparsify each dense update, combine them, recompress: ties, dare_*, magnitude_prune."""
+
+    def run(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
+        weights = [c.weight for c in contributions]
+        merged = combine(sparsify(_dense_updates(contributions), weights, settings, generator), weights, settings)
+        return _recompress(merged, contributions, settings, generator)
+
+    return run
 
 
-def merge_ties(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
-    weighted = [c.weight * d * magnitude_mask(d, settings.density) for c, d in zip(contributions, _dense_updates(contributions))]
-    merged = elect_and_sum(weighted, [c.weight for c in contributions], settings)
-    return _recompress(merged, contributions, settings, generator)
+TIES_KEYS = TRIM_KEYS | ELECT_KEYS | NORMALIZE_KEYS
 
 
-def _dare(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> list[torch.Tensor]:
-    """Drop entries at random and rescale the survivors by 1/density so the expectation is unchanged."""
-    return [
-        c.weight * d * dare_mask(d, settings.density, generator) / settings.density
-        for c, d in zip(contributions, _dense_updates(contributions))
-    ]
+def _dense(sparsify: Sparsifier, combine: Combiner, summary: str, keys: frozenset[str], ties: bool = False) -> MethodInfo:
+    function = _dense_method(sparsify, combine)
+    return MethodInfo(function, exact=False, truncates=True, sparsifies=True, summary=summary, keys=keys, normalize_default=ties)
 
 
-def merge_dare_linear(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
-    merged = sum(_dare(contributions, settings, generator))
-    return _recompress(merged, contributions, settings, generator)
-
-
-def merge_dare_ties(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
-    merged = elect_and_sum(_dare(contributions, settings, generator), [c.weight for c in contributions], settings)
-    return _recompress(merged, contributions, settings, generator)
+def _core(function: MethodFunction, summary: str, keys: frozenset[str], ties: bool = False) -> MethodInfo:
+    return MethodInfo(
+        function,
+        exact=False,
+        truncates=True,
+        sparsifies=False,
+        summary=summary,
+        keys=keys,
+        normalize_default=ties,
+        core_space=True,
+    )
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -184,34 +147,26 @@ METHODS: dict[str, MethodInfo] = {
         sparsifies=False,
         summary="exact sum re-factorised to rank R or energy E; optimal (Eckart-Young) truncation",
     ),
-    "ties": MethodInfo(
-        merge_ties,
-        exact=False,
-        truncates=True,
-        sparsifies=True,
-        summary="trim to density, elect signs, sum agreeing entries of dW; recompressed",
+    "ties": _dense(trimmed, elect_and_sum, "trim to density, elect signs, average agreeing entries of dW", TIES_KEYS, ties=True),
+    "dare_ties": _dense(
+        dropped, elect_and_sum, "random drop + rescale, then TIES on dW", DARE_KEYS | ELECT_KEYS | NORMALIZE_KEYS, ties=True
     ),
-    "dare_ties": MethodInfo(
-        merge_dare_ties,
-        exact=False,
-        truncates=True,
-        sparsifies=True,
-        summary="random drop + rescale, then TIES sign election on dW; recompressed",
+    "dare_linear": _dense(dropped, weighted_sum, "random drop + rescale of dW, weighted sum", DARE_KEYS | NORMALIZE_KEYS),
+    "magnitude_prune": _dense(
+        trimmed, weighted_sum, "keep the largest entries of each dW, weighted sum", TRIM_KEYS | NORMALIZE_KEYS
     ),
-    "dare_linear": MethodInfo(
-        merge_dare_linear,
-        exact=False,
-        truncates=True,
-        sparsifies=True,
-        summary="random drop + rescale of dW, weighted sum; recompressed",
+    "tsv": _core(
+        merge_tsv,
+        "each task's top singular vectors, decorrelated across tasks (TSV-Merge)",
+        frozenset({"alpha", "task_fraction"}),
     ),
-    "magnitude_prune": MethodInfo(
-        merge_magnitude_prune,
-        exact=False,
-        truncates=True,
-        sparsifies=True,
-        summary="keep the largest entries of each dW, weighted sum; recompressed",
+    "iso_c": _core(merge_iso_c, "the sum with a flat (isotropic) spectrum (Iso-C)", frozenset({"alpha"})),
+    "iso_cts": _core(
+        merge_iso_cts, "common + task-specific singular directions, isotropic (Iso-CTS)", frozenset({"alpha", "common_fraction"})
     ),
+    "knots_ties": _core(merge_knots_ties, "SVD-align the updates, TIES on the aligned coordinates (KnOTS)", TIES_KEYS, ties=True),
+    "core_ties": _core(merge_core_ties, "TIES on the R x R cores", TIES_KEYS, ties=True),
+    "core_dare": _core(merge_core_dare, "DARE drop + rescale of the cores, weighted sum", DARE_KEYS | NORMALIZE_KEYS),
     "linear": MethodInfo(
         merge_linear,
         exact=False,

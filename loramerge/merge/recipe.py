@@ -8,10 +8,24 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from loramerge.merge.layer_weights import parse_layer_range
-from loramerge.merge.methods import METHODS
+from loramerge.merge.methods import METHODS, MethodSettings
 from loramerge.recipes import StrictModel
 
-MethodName = Literal["cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune", "linear"]
+MethodName = Literal[
+    "cat",
+    "svd",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "magnitude_prune",
+    "tsv",
+    "iso_c",
+    "iso_cts",
+    "knots_ties",
+    "core_ties",
+    "core_dare",
+    "linear",
+]
 DtypeName = Literal["float32", "bfloat16", "float16"]
 
 
@@ -60,11 +74,29 @@ class MergeRecipe(StrictModel):
     method: MethodName = "cat"
     rank: int | None = Field(None, gt=0, description="output rank of svd and the sparsifying methods")
     energy: float | None = Field(None, gt=0.0, le=1.0, description="or keep this fraction of ||dW||_F^2")
-    density: float = Field(0.5, gt=0.0, le=1.0, description="fraction of dW entries kept by ties/dare/prune")
-    normalize: bool = Field(False, description="ties: divide by the summed weights of agreeing adapters")
-    majority_sign: Literal["total", "frequency"] = "total"
+    # Method keys: None means the method's default (README: merge methods); a key the method does not read is
+    # refused, never ignored.
+    density: float | None = Field(None, gt=0.0, le=1.0, description="fraction of entries kept (default 0.5)")
+    normalize: bool | None = Field(
+        None, description="divide by the summed weights (default: true for the TIES family, the paper's disjoint mean)"
+    )
+    majority_sign: Literal["total", "frequency"] | None = Field(None, description="elect signs by sum or by vote count")
+    tie_vote: Literal["none", "positive"] | None = Field(None, description="a tied election keeps nothing, or elects +")
+    normalize_divisor: Literal["absolute", "signed"] | None = Field(None, description="sum of |w| or of w (mergekit)")
+    dare_rescale: Literal["inverse_density", "l1"] | None = Field(None, description="1/p (DARE paper) or keep L1 norm")
+    kept_count: Literal["round", "floor_min1"] | None = Field(None, description="round(p n), or max(1, int(p n))")
+    conventions: Literal["loramerge", "mergekit"] | None = Field(
+        None, description="preset for tie_vote, normalize_divisor, dare_rescale and kept_count"
+    )
+    alpha: float | None = Field(None, description="tsv, iso_c, iso_cts: scale of the merged update (default 1)")
+    task_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="tsv: share of the rank each input keeps (default 1 / number of inputs)"
+    )
+    common_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="iso_cts: share of the rank for the common subspace (default 0.8)"
+    )
     dtype: DtypeName | None = Field(None, description="output dtype; default: the inputs' (float32 if mixed)")
-    seed: int = 0
+    seed: int | None = Field(None, description="seed of the random methods (dare_*, core_dare); default 0")
     num_layers: int | None = Field(None, gt=0, description="depth for depth_weights; default: deepest layer seen + 1")
     base_model: str | None = Field(None, description="base_model_name_or_path of the output; default: the inputs'")
     allow_base_mismatch: bool = False
@@ -81,4 +113,50 @@ class MergeRecipe(StrictModel):
             raise ValueError("give rank or energy, not both")
         if (self.rank is not None or self.energy is not None) and not info.truncates:
             raise ValueError(f"method {self.method!r} does not truncate; use method 'svd' to set a rank or energy")
+        for key in METHOD_KEYS:
+            if getattr(self, key) is not None and not (info.keys & KEY_READS[key]):
+                readers = ", ".join(name for name, other in METHODS.items() if other.keys & KEY_READS[key])
+                raise ValueError(f"method {self.method!r} does not use {key!r} (read by {readers}); remove it")
         return self
+
+
+CONVENTION_KEYS = ("tie_vote", "normalize_divisor", "dare_rescale", "kept_count")
+METHOD_KEYS = (
+    "density",
+    "normalize",
+    "majority_sign",
+    *CONVENTION_KEYS,
+    "conventions",
+    "alpha",
+    "task_fraction",
+    "common_fraction",
+    "seed",
+)
+# which registry keys make a method read a recipe key; `conventions` is read by any method with one of its rules
+KEY_READS = {key: frozenset({key}) for key in METHOD_KEYS} | {"conventions": frozenset(CONVENTION_KEYS)}
+CONVENTIONS = {
+    "loramerge": {"tie_vote": "none", "normalize_divisor": "absolute", "dare_rescale": "inverse_density", "kept_count": "round"},
+    "mergekit": {"tie_vote": "positive", "normalize_divisor": "signed", "dare_rescale": "l1", "kept_count": "floor_min1"},
+}
+
+
+def method_settings(recipe: MergeRecipe) -> MethodSettings:
+    """The recipe's method keys with every unset one resolved: explicit > conventions preset > default."""
+    preset = CONVENTIONS[recipe.conventions or "loramerge"]
+    rules = {key: getattr(recipe, key) or preset[key] for key in CONVENTION_KEYS}
+    given = {
+        key: getattr(recipe, key)
+        for key in ("rank", "energy", "density", "majority_sign", "alpha", "task_fraction", "common_fraction")
+        if getattr(recipe, key) is not None
+    }
+    normalize = recipe.normalize if recipe.normalize is not None else METHODS[recipe.method].normalize_default
+    return MethodSettings(**given, **rules, normalize=normalize)
+
+
+def settings_used(recipe: MergeRecipe) -> dict[str, object]:
+    """The resolved values of the keys the recipe's method reads, for merge_report.json."""
+    settings = method_settings(recipe)
+    used = {key: getattr(settings, key) for key in sorted(METHODS[recipe.method].keys) if hasattr(settings, key)}
+    if "seed" in METHODS[recipe.method].keys:
+        used["seed"] = recipe.seed or 0
+    return used

@@ -8,7 +8,7 @@ import torch
 
 from loramerge.adapters import KEY_PREFIX, LoraAdapter
 from loramerge.merge.methods import METHODS
-from loramerge.merge.recipe import MergeRecipe
+from loramerge.merge.recipe import MergeRecipe, settings_used
 
 VLLM_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank; larger adapters fail to load there
 
@@ -19,6 +19,7 @@ def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dic
     return {
         "method": recipe.method,
         "exact": METHODS[recipe.method].exact,
+        "settings": settings_used(recipe),
         "modules_merged": len(modules),
         "rank_min": min(ranks),
         "rank_max": max(ranks),

@@ -187,3 +187,24 @@ def test_bad_flags(task_adapter, tmp_path, args, fragment):
 def test_debug_shows_the_traceback(tmp_path):
     result = run(str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"), "--debug")
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_a_core_space_method_with_its_keys_and_its_rerunnable_recipe(task_adapter, align_adapter, tmp_path):
+    out = tmp_path / "m"
+    result = run(str(task_adapter), str(align_adapter), "--method", "iso_cts", "--set", "alpha=1.5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["settings"] == {"alpha": 1.5, "common_fraction": 0.8}
+    # recipe.yaml holds only what was set, so it reruns as is: no key the method does not read
+    again = run("--recipe", str(out / "recipe.yaml"), "--out", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert (
+        load_file(str(out / "adapter_model.safetensors")).keys()
+        == load_file(str(tmp_path / "again" / "adapter_model.safetensors")).keys()
+    )
+
+
+def test_a_key_the_method_does_not_read_is_refused_on_one_line(task_adapter, align_adapter, tmp_path):
+    out = tmp_path / "m"
+    result = run(str(task_adapter), str(align_adapter), "--set", "density=0.3", "--out", str(out))
+    assert_refused(result, out, "does not use 'density'", "ties", "remove it")

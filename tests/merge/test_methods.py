@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from loramerge.merge.methods import METHODS, Contribution, MethodSettings, dare_mask, elect_and_sum, magnitude_mask
+from loramerge.merge.methods import METHODS, Contribution, MethodSettings
+from loramerge.merge.sparsify import dare_mask, elect_and_sum, magnitude_mask
 
 
 def test_magnitude_mask_keeps_the_largest_entries():

@@ -79,14 +79,16 @@ def test_output_dtype(task_adapter, tmp_path):
     assert {t.dtype for t in load_file(str(tmp_path / "m" / "adapter_model.safetensors")).values()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "magnitude_prune"])
+@pytest.mark.parametrize(
+    "method", ["ties", "dare_ties", "dare_linear", "magnitude_prune", "knots_ties", "core_ties", "core_dare"]
+)
 def test_sparsifying_methods_are_seeded_and_deterministic(task_adapter, attention_adapter, tmp_path, method):
     recipe = {**sources((task_adapter, 1.0), (attention_adapter, 1.0)), "method": method, "density": 0.3, "rank": 6}
     merge_adapters(recipe, tmp_path / "one")
     merge_adapters(recipe, tmp_path / "two")
     one, two = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("one", "two"))
     assert one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
-    if method.startswith("dare"):  # the seed decides which entries DARE drops
+    if "dare" in method:  # the seed decides which entries DARE drops
         merge_adapters({**recipe, "seed": 1}, tmp_path / "other-seed")
         other = load_file(str(tmp_path / "other-seed" / "adapter_model.safetensors"))
         assert any(not torch.equal(one[key], other[key]) for key in one)
