@@ -1,6 +1,7 @@
 """Merge benchmark: loramerge vs the I/O floor (Llama-3-8B shapes) and vs PEFT's add_weighted_adapter.
 
 Run:  .venv/bin/python bench/merge.py [--quick]
+      .venv/bin/python bench/merge.py --methods [--quick]   (every method, 2 and 4 adapters; bench/out/merge-methods.*)
 Prints markdown tables and writes bench/out/merge.json and bench/out/merge.md. Every timing is the median
 of REPEATS runs interleaved in this one process, so a concurrent load (e.g. the test suite on the same
 cores) slows all contenders alike and the ratios stay meaningful even when absolute times drift.
@@ -156,6 +157,98 @@ def recipe(adapters: list[Path], method: str) -> dict[str, Any]:
         "method": method,
         "rank": RANK if method == "svd" else None,
     }
+
+
+CORE_METHODS = ("tsv", "iso_c", "iso_cts", "knots_ties", "core_ties", "core_dare")
+METHOD_WEIGHTS = (0.7, 0.5, 0.6, 0.4)
+
+
+def method_spec(adapters: list[Path], root: Path, method: str) -> dict[str, Any]:
+    sources = [{"path": str(path), "weight": weight} for path, weight in zip(adapters, METHOD_WEIGHTS)]
+    return {"kind": "merge", "recipe": {"sources": sources, "method": method}, "out": str(root / f"{method}-{len(adapters)}")}
+
+
+def method_runs(adapters: list[Path], methods: tuple[str, ...], repeats: int) -> dict[str, dict[str, Any]]:
+    """Median of `repeats` fresh-process runs per method, interleaved so a background load hits all alike."""
+    root = adapters[0].parent
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
+    for _ in range(repeats):
+        for method in methods:
+            runs[method].append(run_child(method_spec(adapters, root, method)))
+            shutil.rmtree(root / f"{method}-{len(adapters)}", ignore_errors=True)  # 0.7 GB each at 4 full adapters
+    return {method: medians(measured) for method, measured in runs.items()}
+
+
+def bench_methods(layers: int, slice_layers: int, repeats: int, counts: tuple[int, ...] = (2, 4)) -> dict[str, Any]:
+    """Every core-space method and svd on all `layers` (the targets), and against today's dense ties on the
+    first `slice_layers` of the same adapters: dense ties costs ~10-20 s per module on 2 cores (224 modules: over
+    an hour a merge), so it runs once, on the slice, and the ratio compares both on exactly those inputs."""
+    results: dict[str, Any] = {"layers": layers, "slice_layers": slice_layers, "modules": layers * len(LLAMA3_8B)}
+    full = [OUT / "llama3-8b-methods" / f"a{index}" for index in range(max(counts))]
+    part = [OUT / "llama3-8b-methods-slice" / f"a{index}" for index in range(max(counts))]
+    for seed, (whole, piece) in enumerate(zip(full, part)):
+        synthetic_adapter(whole, layers, seed)
+        synthetic_adapter(piece, slice_layers, seed)  # the same seed: the first layers' factors are the same
+    for count in counts:
+        found = method_runs(full[:count], (*CORE_METHODS, "svd"), repeats)
+        sliced = method_runs(part[:count], (*CORE_METHODS, "svd"), repeats) | method_runs(part[:count], ("ties",), 1)
+        for method in (*CORE_METHODS, "svd"):
+            found[method]["slice_seconds"] = sliced[method]["seconds"]
+            found[method]["speedup_over_ties"] = sliced["ties"]["seconds"] / sliced[method]["seconds"]
+        found["ties"] = {**sliced["ties"], "slice_seconds": sliced["ties"]["seconds"]}
+        found["ties"]["seconds"] = sliced["ties"]["seconds"] * layers / slice_layers  # extrapolated, labelled so
+        results[str(count)] = found
+    results["input_mb_each"] = folder_mb(full[0])
+    return results
+
+
+def method_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    four = results["4"]
+    checks = []
+    for method in CORE_METHODS:
+        checks += [
+            (f"{method}, 4 adapters: <= 5 s (call)", four[method]["seconds"], 5.0, 1),
+            (f"{method}, 4 adapters: peak RSS <= 1 GiB (MB)", four[method]["peak_rss_mb"], 1024.0, 1),
+            (f"{method}, 4 adapters: >= 20x faster than dense ties", four[method]["speedup_over_ties"], 20.0, -1),
+        ]
+    return [{"target": name, "value": value, "reached": sign * value <= sign * bound} for name, value, bound, sign in checks]
+
+
+def methods_markdown(results: dict[str, Any], meta_: dict[str, Any]) -> str:
+    slice_ = results["slice_layers"]
+    lines = [
+        f"Llama-3-8B shapes: {results['layers']} layers, {results['modules']} modules, r={RANK} fp32 adapters of "
+        f"{results['input_mb_each']:.0f} MB each; median of {meta_['repeats']} fresh-process runs (dense ties: one run, "
+        f"on the first {slice_} layers only; its full-depth time is that x {results['layers'] // slice_}, marked ~).",
+        "",
+    ]
+    if "--quick" in meta_["command"]:
+        lines[:0] = ["**--quick smoke test: shapes too small for the targets below to mean anything.**", ""]
+    rows = []
+    for count in (key for key in results if key.isdigit()):
+        for method, run in results[count].items():
+            estimated = "~" if method == "ties" else ""
+            speedup = f"{run['speedup_over_ties']:.0f}x" if "speedup_over_ties" in run else "1x"
+            rows.append(
+                [
+                    count,
+                    method,
+                    f"{estimated}{run['seconds']:.2f}",
+                    f"{run['slice_seconds']:.2f}",
+                    f"{run['peak_rss_mb']:.0f}",
+                    str(run["rank"]),
+                    f"{run['reported_max_error']:.2e}",
+                    speedup,
+                    f"{run['load_1min']:.1f}",
+                ]
+            )
+    header = ["adapters", "method", "call s, all layers", f"call s, {slice_} layers", "peak RSS MB", "rank"]
+    lines += table([*header, "max reported error", f"speed vs dense ties ({slice_} layers)", "load"], rows)
+    lines += table(
+        ["target", "value", "reached"],
+        [[t["target"], f"{t['value']:.2f}", "reached" if t["reached"] else "NOT reached"] for t in results["targets"]],
+    )
+    return "\n".join(lines)
 
 
 def bench_llama8b(layers: int, repeats: int) -> dict[str, Any]:
@@ -427,6 +520,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark loramerge merges against the I/O floor and PEFT.")
     parser.add_argument("--quick", action="store_true", help="small shapes, one repeat: a smoke test under 60 s")
+    parser.add_argument("--methods", action="store_true", help="only: every method on 2 and 4 adapters vs dense ties")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measured job in a fresh process
     args = parser.parse_args()
     if args.child:
@@ -434,6 +528,15 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     repeats = 1 if args.quick else 3
+    if args.methods:
+        meta_ = meta(args.quick, repeats)
+        meta_["command"] += " --methods"
+        results = bench_methods(2 if args.quick else 32, 1 if args.quick else 2, repeats)
+        results["targets"] = method_targets(results)
+        print(methods_markdown(results, meta_))
+        (OUT / "merge-methods.json").write_text(json.dumps({"meta": meta_, **results}, indent=2) + "\n")
+        (OUT / "merge-methods.md").write_text(methods_markdown(results, meta_))
+        return
     results: dict[str, Any] = {"meta": meta(args.quick, repeats)}
     results["llama3_8b"] = bench_llama8b(4 if args.quick else 32, repeats)
     results["peft"] = bench_peft(QUICK_PEFT_SHAPE if args.quick else PEFT_SHAPE, repeats)
