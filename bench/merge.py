@@ -197,6 +197,9 @@ def bench_methods(layers: int, slice_layers: int, repeats: int, counts: tuple[in
             found[method]["speedup_over_ties"] = sliced["ties"]["seconds"] / sliced[method]["seconds"]
         found["ties"] = {**sliced["ties"], "slice_seconds": sliced["ties"]["seconds"]}
         found["ties"]["seconds"] = sliced["ties"]["seconds"] * layers / slice_layers  # extrapolated, labelled so
+        floor = {"kind": "floor", "inputs": [str(a / "adapter_model.safetensors") for a in full[:count]]}
+        found["io_floor"] = medians([run_child({**floor, "out": str(full[0].parent / "floor")}) for _ in range(repeats)])
+        shutil.rmtree(full[0].parent / "floor", ignore_errors=True)
         results[str(count)] = found
     results["input_mb_each"] = folder_mb(full[0])
     return results
@@ -219,7 +222,8 @@ def methods_markdown(results: dict[str, Any], meta_: dict[str, Any]) -> str:
     lines = [
         f"Llama-3-8B shapes: {results['layers']} layers, {results['modules']} modules, r={RANK} fp32 adapters of "
         f"{results['input_mb_each']:.0f} MB each; median of {meta_['repeats']} fresh-process runs (dense ties: one run, "
-        f"on the first {slice_} layers only; its full-depth time is that x {results['layers'] // slice_}, marked ~).",
+        f"on the first {slice_} layers only; its full-depth time is that x {results['layers'] // slice_}, marked ~). "
+        "io_floor: read every input tensor and write them all into one file, the bytes any merge must move.",
         "",
     ]
     if "--quick" in meta_["command"]:
@@ -228,16 +232,19 @@ def methods_markdown(results: dict[str, Any], meta_: dict[str, Any]) -> str:
     for count in (key for key in results if key.isdigit()):
         for method, run in results[count].items():
             estimated = "~" if method == "ties" else ""
-            speedup = f"{run['speedup_over_ties']:.0f}x" if "speedup_over_ties" in run else "1x"
+            speedup = f"{run['speedup_over_ties']:.0f}x" if "speedup_over_ties" in run else "1x" if method == "ties" else "-"
+            slice_seconds = f"{run['slice_seconds']:.2f}" if "slice_seconds" in run else "-"
+            error = f"{run['reported_max_error']:.2e}" if "reported_max_error" in run else "-"
+            seconds, rank = f"{estimated}{run['seconds']:.2f}", str(run.get("rank", "-"))
             rows.append(
                 [
                     count,
                     method,
-                    f"{estimated}{run['seconds']:.2f}",
-                    f"{run['slice_seconds']:.2f}",
+                    seconds,
+                    slice_seconds,
                     f"{run['peak_rss_mb']:.0f}",
-                    str(run["rank"]),
-                    f"{run['reported_max_error']:.2e}",
+                    rank,
+                    error,
                     speedup,
                     f"{run['load_1min']:.1f}",
                 ]

@@ -35,12 +35,22 @@ LANGUAGES = ("en", "fr")
 
 
 def split_by_kind(source: Path, folder: Path, languages: tuple[str, ...] | None) -> dict[str, Path]:
-    """One JSONL per entity kind (the id's prefix, e.g. 'country:AD'), optionally only some languages."""
+    """One JSONL per entity kind (the id's prefix, e.g. 'country:AD'), optionally only some languages.
+
+    The prompt names the kind ('Country: Andorra' instead of 'Name: Andorra'): each adapter learns one task,
+    and a merged model can tell the tasks apart. With the shared 'Name:' prompt (first run, seed 0) every
+    adapter learns to always answer with its own JSON key, and every merge scored 0 on two of the three kinds:
+    a conflict no merge method can resolve, not a difference between methods.
+    """
     records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind in KINDS:
-        chosen = [r for r in records if r["id"].split(":")[0] == kind and (languages is None or r["lang"] in languages)]
+        chosen = [
+            {**r, "prompt": r["prompt"].replace("Name: ", f"{kind.capitalize()}: ", 1)}
+            for r in records
+            if r["id"].split(":")[0] == kind and (languages is None or r["lang"] in languages)
+        ]
         paths[kind] = folder / f"{kind}.jsonl"
         paths[kind].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
     return paths
@@ -111,8 +121,9 @@ def compare(per_seed: list[dict[str, dict[int, float]]], kinds_of_lines: dict[in
 
 
 def cell(entry: dict[str, float], signed: bool = False) -> str:
-    mean = f"{100 * entry['mean']:+.1f}" if signed else f"{100 * entry['mean']:.1f}"
-    return f"{mean} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+    """Item scores are already percent (eval scores an exact match 100)."""
+    mean = f"{entry['mean']:+.1f}" if signed else f"{entry['mean']:.1f}"
+    return f"{mean} [{entry['low']:.1f}, {entry['high']:.1f}]"
 
 
 def tables(comparison: dict[str, Any]) -> str:

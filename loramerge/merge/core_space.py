@@ -54,7 +54,8 @@ def core_space(factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> CoreS
     """Bases and cores of (B_i, A_i, scale_i) inputs that share one module's shape."""
     b = torch.cat([b.float() for b, _, _ in factors], dim=1)
     a = torch.cat([a.float() for _, a, _ in factors], dim=0)
-    b_gram, a_gram = b.double().T @ b.double(), a.double() @ a.double().T
+    b64, a64 = b.double(), a.double()  # once each: the tall copies are the costliest step after the Gram products
+    b_gram, a_gram = b64.T @ b64, a64 @ a64.T
     b_basis, a_basis = gram_basis(b_gram), gram_basis(a_gram)
     bounds = torch.tensor([0] + [b_i.shape[1] for b_i, _, _ in factors]).cumsum(0).tolist()
     cores = [
