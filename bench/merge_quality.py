@@ -81,27 +81,10 @@ def merge_all(adapters: list[Path], seed: int) -> dict[str, Path]:
 
 def evaluate(names: dict[str, Path], test: Path, plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, float]]:
     """adapter name -> test line -> item score."""
-    from loramerge.evaluate.run import EvalSettings, run_eval
+    from quality import prediction_rows  # bench/ is on sys.path when this file runs as a script
 
-    out = Path(f"seed{seed}/eval")
-    if not (out / "results.json").is_file():
-        settings = EvalSettings(
-            model=plan.model,
-            data=test,
-            out=out,
-            adapters=tuple(f"{name}={path}" for name, path in names.items()),
-            include_base=False,  # the base model scores 0: it does not know the answer format
-            supervised=",".join(plan.supervised),
-            max_new_tokens=plan.max_new_tokens,
-            batch_size=32,
-            overwrite=True,
-        )
-        run_eval(settings, console)
-    scores = {}
-    for name in names:
-        rows = [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()]
-        scores[name] = {row["line"]: float(row["score"]) for row in rows}
-    return scores
+    rows = prediction_rows(plan, test, Path(f"seed{seed}/eval"), {name: str(path) for name, path in names.items()}, console)
+    return {name: {row["line"]: float(row["score"]) for row in found} for name, found in rows.items()}
 
 
 def compare(per_seed: list[dict[str, dict[int, float]]], kinds_of_lines: dict[int, str]) -> dict[str, Any]:

@@ -106,17 +106,19 @@ def merged(plan: DemoPlan, seed: int, align_weight: float) -> None:
         merge_adapters(recipe, out, overwrite=True)
 
 
-def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, tuple[str, float]]]:
-    """variant -> test line -> (language, item score), from eval's predictions files."""
+def prediction_rows(
+    plan: DemoPlan, data: Path, out: Path, adapters: dict[str, str], console: Console
+) -> dict[str, list[dict[str, Any]]]:
+    """`loramerge eval` of the adapters (name -> folder) on data, once (reused when out has results): the rows of
+    each adapter's predictions file."""
     from loramerge.evaluate.run import EvalSettings, run_eval
 
-    out = Path(f"seed{seed}/eval")
     if not (out / "results.json").is_file():
         settings = EvalSettings(
             model=plan.model,
-            data=Path("data/task/test-bench.jsonl"),
+            data=data,
             out=out,
-            adapters=tuple(f"{name}=seed{seed}/{name}" for name in VARIANTS),
+            adapters=tuple(f"{name}={path}" for name, path in adapters.items()),
             include_base=False,  # the base model scores 0: it does not know the answer format
             supervised=",".join(plan.supervised),
             max_new_tokens=plan.max_new_tokens,
@@ -124,11 +126,16 @@ def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int,
             overwrite=True,
         )
         run_eval(settings, console)
-    items = {}
-    for variant in VARIANTS:
-        rows = [json.loads(line) for line in (out / "predictions" / f"{variant}.jsonl").read_text().splitlines()]
-        items[variant] = {row["line"]: (row["lang"], float(row["score"])) for row in rows}
-    return items
+    return {
+        name: [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()] for name in adapters
+    }
+
+
+def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, tuple[str, float]]]:
+    """variant -> test line -> (language, item score), from eval's predictions files."""
+    adapters = {variant: f"seed{seed}/{variant}" for variant in VARIANTS}
+    rows = prediction_rows(plan, Path("data/task/test-bench.jsonl"), Path(f"seed{seed}/eval"), adapters, console)
+    return {variant: {row["line"]: (row["lang"], float(row["score"])) for row in found} for variant, found in rows.items()}
 
 
 def compare(per_seed: list[dict[str, dict[int, tuple[str, float]]]], plan: DemoPlan) -> dict[str, Any]:
