@@ -1,5 +1,6 @@
-"""`loramerge models` (the bundled models and their cache state), `loramerge data gettext` (parallel sentences)
-and `loramerge data isocodes` (the cross-lingual demo task)."""
+"""`loramerge models` (the bundled models and their cache state), `loramerge data gettext` (parallel sentences),
+`loramerge data isocodes` (the cross-lingual demo task) and `loramerge data topics` (a task built for skill
+transfer: which kind of program a UI sentence comes from)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from loramerge.cli.support import console, run_safely
 from loramerge.data.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, FilterSettings, extract_gettext
 from loramerge.data.isocodes import DEFAULT_JSON_ROOT, build_iso_task
 from loramerge.data.isocodes import DEFAULT_SPLIT as ISO_SPLIT
-from loramerge.data.summaries import print_extraction, print_iso_task
+from loramerge.data.summaries import print_extraction, print_iso_task, print_topic_task
+from loramerge.data.topics import DEFAULT_SPLIT as TOPIC_SPLIT
+from loramerge.data.topics import DEFAULT_TRAIN_PER_LABEL, build_topic_task
 from loramerge.errors import LoramergeError
 from loramerge.models import bundled
 from loramerge.parsing import comma_list
@@ -144,5 +147,48 @@ def isocodes_task(
             align_langs=list(comma_list(align_pairs)) if align_pairs else None,
         )
         print_iso_task(task, console)
+
+    run_safely(debug, action)
+
+
+@data_app.command("topics")
+def topics_task(
+    supervised: Annotated[str, typer.Option("--supervised", help="Languages with training data, e.g. en.")],
+    transfer: Annotated[str, typer.Option("--transfer", help="Languages seen only in dev/test, e.g. fr,de,ja,ru,zh_CN.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for train.jsonl, dev.jsonl and test.jsonl.")],
+    split: Annotated[str, typer.Option("--split", help="train:dev:test proportions by English sentence.")] = TOPIC_SPLIT,
+    train_per_label: Annotated[
+        int, typer.Option("--train-per-label", help="Training sentences per label (per supervised language).")
+    ] = DEFAULT_TRAIN_PER_LABEL,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each English sentence).")] = 0,
+    align_pairs: Annotated[
+        Optional[str],
+        typer.Option(
+            "--align-pairs",
+            help="Also write align-train.jsonl: the TRAIN sentences in English <-> these languages (in-domain "
+            "alignment pairs, no labels, no dev/test text), e.g. ru,zh_CN,ja.",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """A cross-lingual classification task from the gettext catalogs: a UI sentence in language X -> the kind of
+    program it comes from (packages, database, files, security, desktop, system); dev and test are the same
+    sentences in every language, balanced by label."""
+
+    def action() -> None:
+        task = build_topic_task(
+            parse_langs(supervised, "--supervised"),
+            list(comma_list(transfer)),
+            out,
+            split=split,
+            seed=seed,
+            train_per_label=train_per_label,
+            locale_root=root or DEFAULT_ROOT,
+            overwrite=overwrite,
+            align_langs=list(comma_list(align_pairs)) if align_pairs else None,
+        )
+        print_topic_task(task, console)
 
     run_safely(debug, action)

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from loramerge.data.corpora import Extraction
 from loramerge.data.isocodes import KINDS, IsoTask
+from loramerge.data.topics import TOPICS, TopicTask
 
 
 def print_extraction(extraction: Extraction, seconds: float, console: Console) -> None:
@@ -49,3 +50,20 @@ def print_iso_task(task: IsoTask, console: Console) -> None:
     console.print(table)
     for name, path in task.files.items():
         console.print(f"{name}: {path}")
+
+
+def print_topic_task(task: TopicTask, console: Console) -> None:
+    langs = list(dict.fromkeys(lang for counts in task.counts.values() for lang in counts))
+    table = Table(title="topic task records")
+    table.add_column("split")
+    for lang in langs:
+        table.add_column(lang, justify="right")
+    table.add_column(f"sentences ({'/'.join(TOPICS)})", justify="right")
+    for name, counts in task.counts.items():
+        labels = "/".join(str(task.per_label[name].get(label, 0)) for label in TOPICS)
+        table.add_row(name, *(str(counts.get(lang, "")) for lang in langs), f"{sum(task.per_label[name].values())} ({labels})")
+    console.print(table)
+    console.print(f"left out: {task.ambiguous} sentences found in catalogs of two labels")
+    for name, path in task.files.items():
+        console.print(f"{name}: {path}")
+    console.print("The catalogs are GPL/LGPL licensed: keep the extracted files out of version control and releases.")
