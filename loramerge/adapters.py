@@ -118,9 +118,9 @@ def _check_config_features(config_path: Path, config: dict[str, Any], problems: 
             f"{config_path}: use_dora is true; DoRA's magnitude vectors do not add linearly, merge them with the base model instead"
         )
     if config.get("lora_bias"):
-        problems.add(f"{config_path}: lora_bias is true; LoRA bias terms are not supported by the merge")
+        problems.add(f"{config_path}: lora_bias is true; LoRA bias terms are not supported by loramerge")
     if config.get("trainable_token_indices"):
-        problems.add(f"{config_path}: trainable_token_indices is set; trainable-token adapters are not supported by the merge")
+        problems.add(f"{config_path}: trainable_token_indices is set; trainable-token adapters are not supported by loramerge")
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)) or config.get(key) <= 0:
             problems.add(f"{config_path}: {key} must be a positive number, got {config.get(key)!r}")
@@ -174,7 +174,7 @@ def _index_tensors(
     for key in shapes:
         unsupported = next((what for marker, what in UNSUPPORTED_KEY_MARKERS.items() if marker in key), None)
         if unsupported:
-            problems.add(f"{weights_path}: tensor {key} holds {unsupported}, which the merge does not support")
+            problems.add(f"{weights_path}: tensor {key} holds {unsupported}, which loramerge does not support")
             continue
         split = split_key(key)
         if split is None:

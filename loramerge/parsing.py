@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from loramerge.errors import LoramergeError
 
 
@@ -17,4 +19,6 @@ def parse_float_list(text: str, flag: str, example: str = "1.0,0.5") -> list[flo
             values.append(float(item))
         except ValueError:
             raise LoramergeError(f"{flag} {text!r}: {item.strip()!r} is not a number; expected e.g. {flag} {example}") from None
+        if not math.isfinite(values[-1]):
+            raise LoramergeError(f"{flag} {text!r}: {item.strip()!r} is not a finite number; expected e.g. {flag} {example}")
     return values

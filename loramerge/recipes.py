@@ -19,9 +19,10 @@ Schema = TypeVar("Schema", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a recipe must not be silently ignored."""
+    """Unknown keys are errors: a typo in a recipe must not be silently ignored. NaN and infinity are refused in
+    every number (a NaN weight gave NaN tensors with exit 0; temperature=inf a constant loss and an adapter of zeros)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 EXTENDS_KEY = "extends"  # a recipe may start from another (path relative to itself) and change a few keys
@@ -103,8 +104,15 @@ def format_validation_error(exc: ValidationError, origin: str, given_by: dict[st
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against the recipe reference in README.md"
+        elif error["type"] == "finite_number":
+            message = f"must be a finite number, got {error['input']!r}"
+        elif error["type"] == "value_error":  # our own validators' text, without pydantic's 'Value error, ' prefix
+            message = str(error.get("ctx", {}).get("error", message))
         source = (given_by or {}).get(location)
-        problems.append(f"{source}: {message}" if source else f"{origin}: {location}: {message}")
+        if source:
+            problems.append(f"{source}: {message}")
+        else:  # a check of the whole recipe has no key to name
+            problems.append(f"{origin}: {message}" if location == "(top level)" else f"{origin}: {location}: {message}")
     return problems
 
 

@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {CORE},
     "hub": {CORE},
     "models": {CORE, "hub"},
-    "evaluate": {CORE, "data", "models"},
+    "evaluate": {CORE, "data", "hub", "models"},
     "merge": {CORE, "hub", "data", "evaluate"},
     "train": {CORE, "hub", "data", "models", "evaluate"},
     "testing": {CORE, "train"},

@@ -5,7 +5,8 @@
 its files. `retrieval` is the pure math of top-1 and margin retrieval; `probe` pools every layer's states and
 `probe_run` is `loramerge probe` as a library call.
 
-May import: the shared core, `loramerge.data` and `loramerge.models`. Never `merge`, `train`, `cli` or `demo`.
+May import: the shared core, `loramerge.data`, `loramerge.hub` (adapters given by Hub id) and `loramerge.models`.
+Never `merge`, `train`, `cli` or `demo`.
 """
 
 from __future__ import annotations

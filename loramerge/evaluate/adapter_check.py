@@ -15,7 +15,8 @@ from typing import Any
 from safetensors import safe_open
 
 from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE, split_key
-from loramerge.errors import LoramergeError
+from loramerge.errors import LoramergeError, ProblemList
+from loramerge.hub.client import resolve_adapter
 
 
 def check_adapter_folder(path: Path) -> None:
@@ -37,6 +38,17 @@ def check_adapter_folder(path: Path) -> None:
     except Exception as exc:  # safetensors raises several types for truncated or garbled headers
         reason = " ".join(str(exc).split())[:160]
         raise LoramergeError(f"adapter {weights}: unreadable safetensors file ({reason}); copy or re-save the adapter") from None
+
+
+def resolve_and_check(adapters: dict[str, Path]) -> dict[str, Path]:
+    """name -> local folder: a Hub id org/name[@revision] is downloaded (as merge and export do), a local folder
+    that exists wins; then every folder is checked. Hub problems are reported together."""
+    problems = ProblemList()
+    resolved = {name: found[0] for name, path in adapters.items() if (found := resolve_adapter(str(path), problems))}
+    problems.raise_if_any()
+    for path in resolved.values():
+        check_adapter_folder(path)
+    return resolved
 
 
 def factor_shapes(path: Path) -> dict[str, dict[str, tuple[int, ...]]]:

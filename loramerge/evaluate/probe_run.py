@@ -16,7 +16,7 @@ from rich.table import Table
 from loramerge.atomic import atomic_directory, output_dir_problem
 from loramerge.data.records import read_pairs_file
 from loramerge.errors import LoramergeError
-from loramerge.evaluate.adapter_check import check_adapter_fits, check_adapter_folder
+from loramerge.evaluate.adapter_check import check_adapter_fits, resolve_and_check
 from loramerge.evaluate.probe import check_enough_sentences, layer_vectors, score_layers, sentence_table
 from loramerge.evaluate.run import parse_adapter_specs
 from loramerge.models.layer_exit import num_decoder_layers
@@ -82,9 +82,7 @@ def run_probe(settings: ProbeSettings, console: Console) -> dict[str, Any]:
             )
         table = sentence_table(read_pairs_file(settings.pairs), settings.languages, settings.max_sentences)
         check_enough_sentences(table, f"--pairs {settings.pairs}")
-        specs = parse_adapter_specs(list(settings.adapters))  # NAME=PATH or PATH (named after its folder)
-        for path in specs.values():
-            check_adapter_folder(path)
+        specs = resolve_and_check(parse_adapter_specs(list(settings.adapters)))  # NAME=PATH, PATH or a Hub id
         source = parse_model_spec(settings.model)
         tokenizer, model = load_tokenizer(source), load_causal_lm(source)
         layers = parse_layers(settings.layers, num_decoder_layers(model))

@@ -85,7 +85,7 @@ class EvalSettings:
 def run_eval(settings: EvalSettings, console: Console) -> dict[str, Any]:
     from loramerge.atomic import atomic_directory, output_dir_problem
     from loramerge.data.records import read_task_file
-    from loramerge.evaluate.adapter_check import check_adapter_folder
+    from loramerge.evaluate.adapter_check import resolve_and_check
     from loramerge.evaluate.evaluator import Evaluator
     from loramerge.evaluate.metrics import get_metric
     from loramerge.evaluate.report import build_results, write_outputs
@@ -95,9 +95,7 @@ def run_eval(settings: EvalSettings, console: Console) -> dict[str, Any]:
         if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:
             raise LoramergeError(problem)
         get_metric(settings.metric)
-        paths = parse_adapter_specs(list(settings.adapters))
-        for path in paths.values():
-            check_adapter_folder(path)
+        paths = resolve_and_check(parse_adapter_specs(list(settings.adapters)))
         if not settings.include_base and not paths:
             raise LoramergeError("--no-base without --adapter leaves nothing to evaluate; add an --adapter or drop --no-base")
         supervised = parse_supervised(settings.supervised)

@@ -44,8 +44,9 @@ def _weighted_cores(space: CoreSpace, contributions: list[Contribution]) -> list
 
 def merge_tsv(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
     space = _space(contributions)
-    fraction = settings.task_fraction if settings.task_fraction is not None else 1.0 / len(contributions)
-    merged = task_singular_vectors(_weighted_cores(space, contributions), _dimension(space), fraction, settings.alpha)
+    merged = task_singular_vectors(
+        _weighted_cores(space, contributions), _dimension(space), settings.task_fraction, settings.alpha
+    )
     return _finish(space, merged, contributions, settings)
 
 

@@ -25,7 +25,7 @@ from loramerge.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, hash_adap
 from loramerge.atomic import atomic_directory
 from loramerge.errors import ProblemList
 from loramerge.hub.card import MergedInput, input_card_metadata, render_merge_card
-from loramerge.merge.inputs import carry_tensors, load_and_check, read_factors
+from loramerge.merge.inputs import all_finite, carry_tensors, check_finite_inputs, load_and_check, read_factors
 from loramerge.merge.layer_weights import layer_index, module_weight
 from loramerge.merge.layout import SERVED_BY, missing_in_layers, pad_factors, same_place_key
 from loramerge.merge.methods import METHODS, Contribution, MethodSettings
@@ -41,6 +41,20 @@ SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 REPORT_FILE = "merge_report.json"
 RECIPE_FILE = "recipe.yaml"
 CARD_FILE = "README.md"
+
+
+class NonFiniteOutput(RuntimeError):
+    """A merged tensor is NaN or Inf: never published (an internal error, exit 1, not a user error)."""
+
+
+def zero_output_warning(modules: dict[str, dict[str, Any]]) -> list[str]:
+    """A merge whose every module is zero changes nothing when served: legal, but never silent."""
+    if modules and all(entry.get("zero") for entry in modules.values()):
+        return [
+            f"every one of the {len(modules)} merged modules is zero, so the adapter changes nothing: the weights "
+            "(or alpha) are 0, or the inputs' updates are zero (an untrained adapter has B = 0)"
+        ]
+    return []
 
 
 @dataclass
@@ -105,7 +119,7 @@ def merge_module(
     for index, (adapter, handle, source) in enumerate(zip(adapters, handles, recipe.sources)):
         if name not in adapter.modules:
             continue  # a module an adapter lacks contributes dW = 0
-        a, b = read_factors(handle, adapter, name, problems)
+        a, b = read_factors(handle, adapter, name)
         weight = module_weight(source, name, num_layers)
         contributions.append(Contribution(a=a, b=b, scale=adapter.modules[name].scale, weight=weight))
         indices.append(index)
@@ -178,8 +192,17 @@ def write_weights(
     entries: dict[str, dict[str, Any]] = {}
     with StreamingWriter(path, tensor_specs(plan, carried, dtype), {"format": "pt"}) as writer:
         for output in outputs:
-            writer.write(output.a_key, output.a.to(dtype).contiguous())
-            writer.write(output.b_key, output.b.to(dtype).contiguous())
+            a, b = output.a.to(dtype).contiguous(), output.b.to(dtype).contiguous()
+            if not (all_finite(a) and all_finite(b)):
+                raise NonFiniteOutput(
+                    f"module {output.name}: the merged factors hold NaN or Inf in {dtype} although every input was "
+                    "finite; nothing was written. Weights or alpha too large for the output dtype overflow it; "
+                    "otherwise this is a bug: rerun with --debug and report it"
+                )
+            if not output.entry.get("zero_filled"):
+                output.entry["zero"] = not (bool(a.any()) and bool(b.any()))
+            writer.write(output.a_key, a)
+            writer.write(output.b_key, b)
             if not output.entry.get("zero_filled"):  # the report lists merged modules only
                 entries[output.name] = output.entry
             if on_module is not None:
@@ -237,6 +260,8 @@ def merge_adapters(
             # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
             # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
             hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
+            check_finite_inputs(adapters, handles, problems)
+            problems.raise_if_any()  # before any work: a NaN input would fail inside a method
             carried = carry_tensors(adapters, handles, problems)
             settings = method_settings(recipe)  # resolved once, not per module
             outputs: Iterable[MergedModule] = (
@@ -291,4 +316,5 @@ def merge_adapters(
             (staging / CARD_FILE).write_text(card, encoding="utf-8")
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text, encoding="utf-8")
-        return MergeResult(out=out, report=report, warnings=serving_warnings(report, carried))
+        warnings = zero_output_warning(modules) + serving_warnings(report, carried)
+        return MergeResult(out=out, report=report, warnings=warnings)

@@ -60,8 +60,14 @@ def load_and_check(recipe: MergeRecipe, out: Path, overwrite: bool) -> list[Lora
     adapters = [adapter for adapter in loaded if adapter is not None]
     if len(adapters) == len(loaded):
         check_compatibility(adapters, recipe, problems)
-    if any(Path(source.path).resolve() == out.resolve() for source in recipe.sources):
-        problems.add(f"--out {out} is one of the inputs; write the merge to a new folder")
+    for source in recipe.sources:
+        folder = Path(source.path).resolve()
+        if not folder.is_dir():
+            continue  # a Hub id: the output cannot be inside it
+        if folder == out.resolve():
+            problems.add(f"--out {out} is one of the inputs; write the output to a new folder")
+        elif folder in out.resolve().parents:
+            problems.add(f"--out {out} is inside the input adapter folder {source.path}; write the output outside it")
     if (problem := output_dir_problem(out, overwrite)) is not None:
         problems.add(problem)
     problems.raise_if_any()
@@ -92,10 +98,19 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def read_factors(handle: Any, adapter: LoraAdapter, name: str, problems: ProblemList) -> tuple[torch.Tensor, torch.Tensor]:
+def check_finite_inputs(adapters: list[LoraAdapter], handles: list[Any], problems: ProblemList) -> None:
+    """Every tensor of every input, before any work: a NaN or Inf reaches no method (where it ended in a linear
+    algebra failure, or in NaN outputs written with exit 0). A second read of mapped files costs little: ~0.1 s
+    per 320 MB from the page cache."""
+    for adapter, handle in zip(adapters, handles):
+        keys = [key for module in adapter.modules.values() for key in (module.a_key, module.b_key)] + list(adapter.carried)
+        for key in keys:
+            if not all_finite(handle.get_tensor(key)):
+                problems.add(
+                    f"{adapter.weights_path}: tensor {key} contains NaN or Inf values; the adapter is corrupt or diverged"
+                )
+
+
+def read_factors(handle: Any, adapter: LoraAdapter, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     module = adapter.modules[name]
-    a, b = handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)
-    for key, tensor in ((module.a_key, a), (module.b_key, b)):
-        if not all_finite(tensor):
-            problems.add(f"{adapter.weights_path}: tensor {key} contains NaN or Inf values; the adapter is corrupt or diverged")
-    return a, b
+    return handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)

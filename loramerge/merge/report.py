@@ -47,7 +47,8 @@ def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -
     if report["rank_max"] > VLLM_MAX_LORA_RANK:
         warnings.append(
             f"output rank {report['rank_max']} exceeds {VLLM_MAX_LORA_RANK}, vLLM's default max_lora_rank: serve with "
-            f"--max-lora-rank {report['rank_max']}, or merge with --method svd --rank {VLLM_MAX_LORA_RANK}"
+            f"--max-lora-rank {report['rank_max']}, or recompress to rank {VLLM_MAX_LORA_RANK} (merge --method svd --rank "
+            f"{VLLM_MAX_LORA_RANK}; for one adapter, export --rank {VLLM_MAX_LORA_RANK})"
         )
     if carried:
         names = ", ".join(sorted(key[len(KEY_PREFIX) :] for key in carried))

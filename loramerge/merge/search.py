@@ -13,6 +13,7 @@ Grid syntax (--search, repeatable; several inline specs form their cartesian pro
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import tempfile
 from collections.abc import Callable
@@ -73,6 +74,11 @@ def grid_file(path: Path) -> list[Candidate]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise LoramergeError(f"--search {path}: cannot read the grid file ({exc})") from exc
+    unknown = sorted(set(data) - {"candidates"}) if isinstance(data, dict) else []
+    if unknown:
+        raise LoramergeError(
+            f"--search {path}: unknown top-level key(s) {', '.join(map(str, unknown))}; a grid file has only 'candidates:'"
+        )
     rows = data.get("candidates") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
         raise LoramergeError(f"--search {path}: expected 'candidates:' with a list of {{recipe.key: value}} mappings")
@@ -105,13 +111,45 @@ class SearchRow:
     recipe: MergeRecipe
     means: dict[str, float | None]  # supervised / transfer / all (percent)
     languages: dict[str, float]
+    weights_sha256: str = ""  # of the candidate's merged tensors: equal hashes are equal merges
 
 
 def objective_value(row: SearchRow, objective: str) -> float:
     value = row.means.get(objective)
-    if value is None:  # e.g. 'transfer' without --supervised: there is no such group
-        raise LoramergeError(f"--search-objective {objective}: the dev set has no such language group; pass --supervised")
+    if value is None:  # check_objective_group refuses this before any work
+        raise LoramergeError(f"--search-objective {objective}: the dev set has no {objective} language")
     return value
+
+
+def check_objective_group(objective: str, supervised: list[str] | None, records: list[Any], dev: Path) -> None:
+    """The objective's language group must exist in the dev set before candidates are scored."""
+    from loramerge.evaluate.metrics import UNDETERMINED
+    from loramerge.evaluate.run import check_supervised_in_data
+
+    if objective != "all" and supervised is None:
+        raise LoramergeError(f"--search-objective {objective} needs --supervised to know the language groups")
+    check_supervised_in_data(supervised, records, dev)  # --supervised de against a dev set in en and fr
+    present = {record.lang or UNDETERMINED for record in records}
+    if objective == "transfer" and not present - set(supervised or []):
+        raise LoramergeError(
+            f"--search-objective transfer: every language of {dev} ({', '.join(sorted(present))}) is in --supervised, "
+            "so there is no transfer language to score; add dev records in other languages or use --search-objective all"
+        )
+
+
+def identical_candidates(rows: list[SearchRow]) -> list[str]:
+    """Candidates whose merges are equal tensor for tensor: their scores differ only by nothing (a rule for layers
+    or modules the adapters do not have changes nothing). Said, not scored in silence."""
+    seen: dict[str, str] = {}
+    warnings = []
+    for row in rows:
+        first = seen.setdefault(row.weights_sha256, row.candidate.label)
+        if first != row.candidate.label:
+            warnings.append(
+                f"--search candidates {first!r} and {row.candidate.label!r} give the same merge: a change that matches "
+                "no layer or module of the adapters does nothing; check the layer range or the key"
+            )
+    return warnings
 
 
 def run_search(
@@ -132,11 +170,12 @@ def run_search(
                 on_candidate(index, candidate)
             folder = Path(work) / f"candidate-{index}"
             merge_adapters(candidate_recipe_, folder)
+            digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
             evaluator.add_adapter(f"candidate-{index}", folder)
             scores = evaluator.evaluate(f"candidate-{index}", records)
             evaluator.remove_adapter(f"candidate-{index}")
             languages = {lang: round(score.score, 2) for lang, score in scores.languages.items()}
-            rows.append(SearchRow(candidate, candidate_recipe_, scores.group_means(supervised), languages))
+            rows.append(SearchRow(candidate, candidate_recipe_, scores.group_means(supervised), languages, digest))
     return rows
 
 
@@ -220,13 +259,12 @@ def search_and_merge(
     with output_lock(out):
         if settings.objective not in OBJECTIVES:
             raise LoramergeError(f"--search-objective {settings.objective!r}: use one of {', '.join(OBJECTIVES)}")
-        if settings.objective != "all" and settings.supervised is None:
-            raise LoramergeError(f"--search-objective {settings.objective} needs --supervised to know the language groups")
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)
         candidates = parse_grid(recipe, list(settings.specs))
         supervised = parse_supervised(settings.supervised)
         records = read_task_file(settings.dev)
+        check_objective_group(settings.objective, supervised, records, settings.dev)
         evaluator = Evaluator(
             settings.model or base_model_of(recipe), settings.metric, settings.batch_size, settings.max_new_tokens
         )
@@ -241,4 +279,5 @@ def search_and_merge(
             extra_files={"search.json": json.dumps(summary, indent=2) + "\n", "search.md": table},
             card_section=table,
         )
+        result.warnings[:0] = identical_candidates(rows)
         return result, rows, best

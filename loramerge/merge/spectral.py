@@ -34,9 +34,13 @@ def leading(matrix: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """The orthonormal matrix nearest to `matrix` (Procrustes): P Q^T for matrix = P S Q^T."""
-    p, _, qh = torch.linalg.svd(matrix, full_matrices=False)
-    return p @ qh
+    """The orthonormal matrix nearest to `matrix` (Procrustes): P Q^T for matrix = P S Q^T, on the space the
+    columns span. A rank-deficient matrix (an adapter merged with itself: [u1 u2 u1 u2]) keeps only the pairs of
+    P and Q with a non-zero singular value: the full polar factor would complete P with directions no input has
+    (TSV then returned s1, s1, s2, s2 for an adapter with s1..s4, 99-129 % away from it)."""
+    p, s, qh = torch.linalg.svd(matrix, full_matrices=False)
+    keep = numerical_rank(s)
+    return p[:, :keep] @ qh[:keep]
 
 
 def orthogonalised(us: list[torch.Tensor], ss: list[torch.Tensor], vhs: list[torch.Tensor]) -> torch.Tensor:
@@ -46,10 +50,21 @@ def orthogonalised(us: list[torch.Tensor], ss: list[torch.Tensor], vhs: list[tor
     return (left * torch.cat(ss)) @ right.T
 
 
-def task_singular_vectors(updates: list[torch.Tensor], dimension: int, task_fraction: float, alpha: float) -> torch.Tensor:
+def nonzero(updates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The updates that carry something. An all-zero one (weight 0, or PEFT's untrained B = 0) is a task that
+    is absent, not a task whose share of directions is empty: counting it halved the other adapter's share."""
+    return [update for update in updates if bool(update.any())]
+
+
+def task_singular_vectors(updates: list[torch.Tensor], dimension: int, task_fraction: float | None, alpha: float) -> torch.Tensor:
     """TSV-Merge (Gargiulo et al., CVPR 2025): each task keeps its top task_fraction * dimension singular
-    triplets; the kept left and right vectors are orthogonalised across tasks (decorrelating them), the
-    singular values kept: alpha * U_perp S V_perp^T."""
+    triplets (default 1 / number of non-zero tasks); the kept left and right vectors are orthogonalised across
+    tasks (decorrelating them), the singular values kept: alpha * U_perp S V_perp^T."""
+    present = nonzero(updates)
+    if not present:
+        return torch.zeros_like(updates[0])
+    task_fraction = task_fraction if task_fraction is not None else 1.0 / len(present)
+    updates = present
     keep = max(1, int(task_fraction * dimension))
     parts = [leading(update, keep) for update in updates]
     parts = [part for part in parts if part[1].numel() > 0]
@@ -81,6 +96,9 @@ def isotropic_common_and_specific(
     """Iso-CTS (Marczak et al., ICML 2025): the top singular directions of the sum (common subspace) plus,
     per task, the top directions of its update with the common subspace projected out; all orthogonalised
     and given one isotropic singular value, the mean of the kept ones."""
+    if not nonzero(updates):
+        return torch.zeros_like(updates[0])
+    updates = nonzero(updates)  # an all-zero task gets no share of the task-specific directions
     common = common_size(dimension, len(updates), common_fraction)
     per_task = (dimension - common) // len(updates)
     u, s, vh = leading(torch.stack(updates).sum(dim=0), common)

@@ -10,6 +10,7 @@ writes resumes exactly.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -126,6 +127,27 @@ def stop_agreed(accelerator: Accelerator, requested: bool) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
+# A LoRA gradient norm below this is no update at all: trained adapters start at ~1e-3 to 1 (bundled models,
+# lr 5e-4 to 1e-3); align.temperature=1e30 gives ~1e-31.
+NO_GRADIENT = 1e-12
+
+
+def warn_if_no_gradient(parameters: list[torch.nn.Parameter], losses: dict[str, list[float]], accelerator: Accelerator) -> None:
+    """Settings that make the objective constant (a temperature so large that every pair scores alike) leave every
+    LoRA gradient at zero: the run would write an adapter that does nothing. Said at the first step, from the
+    gradient actually observed."""
+    grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    norm = float(torch.stack(grads).norm()) if grads else 0.0
+    norm = float(accelerator.reduce(torch.tensor([norm], device=accelerator.device), reduction="sum").item())
+    if norm <= NO_GRADIENT and accelerator.is_main_process:
+        seen = ", ".join(f"{kind} loss {values[-1]:.4f}" for kind, values in losses.items())
+        print(
+            f"warning: the first step's gradient is zero (norm {norm:.1e}; {seen}): the objective does not depend on "
+            "the adapter, so training will not change it. Check the recipe: align.temperature, the layer, the data",
+            file=sys.stderr,
+        )
+
+
 def run_loop(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -139,6 +161,7 @@ def run_loop(
     on_step: StepCallback | None = None,
 ) -> LoopState:
     parameters = [p for p in model.parameters() if p.requires_grad]
+    first_step = state.step  # 0, or where a resumed run restarts
     display = ProgressDisplay(settings.total_steps, state.step, enabled=accelerator.is_main_process)
     sums: dict[str, list[float]] = {}
     if evaluate is not None and settings.eval_every and state.step == 0:
@@ -160,6 +183,8 @@ def run_loop(
                 state.tokens += tokens
                 state.micro += 1
                 state.micro_batches[kind] = state.micro_batches.get(kind, 0) + 1
+            if state.step == first_step:
+                warn_if_no_gradient(parameters, sums, accelerator)
             if settings.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
             optimizer.step()

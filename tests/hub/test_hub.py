@@ -323,3 +323,33 @@ def test_training_card_languages_commit_and_evaluation_table() -> None:
     assert {"cross-lingual-alignment", "lora", "peft", "loramerge"} <= set(card.data.tags) and card.data.base_model == "org/base"
     assert f"at commit `{'a' * 40}`" in text
     assert "## Evaluation" in text and "| zh_CN | 40.5000 | 0.2500 |" in text and "| fr | 51.2500 |  |" in text
+
+
+def test_eval_and_probe_take_adapters_by_hub_id(
+    hub: HubServer, tiny_model_dir, example_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The README: adapters are accepted by Hub id wherever an adapter is accepted (eval and probe said 'not found')."""
+    from loramerge.testing.tiny import make_random_adapter
+
+    tiny_base = tiny_model_dir("llama")  # with a tokenizer: eval and probe run the model
+    adapter = make_random_adapter(tiny_base, tmp_path / "adapter", seed=3, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    sha = seed_adapter(hub, "org/task", adapter)
+    evaluated = runner.invoke(
+        app,
+        ["eval", "--model", str(tiny_base), "--data", str(example_data["dev_task"]), "--adapter", f"task=org/task@{sha}"]
+        + ["--max-new-tokens", "2", "--out", str(tmp_path / "eval")],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "task" in json.loads((tmp_path / "eval" / "results.json").read_text())["variants"]
+    probed = runner.invoke(
+        app,
+        ["probe", "--model", str(tiny_base), "--pairs", str(example_data["dev_pairs"]), "--adapter", "org/task"]
+        + ["--out", str(tmp_path / "probe")],
+    )
+    assert probed.exit_code == 0, probed.output
+    missing = runner.invoke(
+        app,
+        ["probe", "--model", str(tiny_base), "--pairs", str(example_data["dev_pairs"])]
+        + ["--adapter", "org/absent", "--out", str(tmp_path / "absent")],
+    )
+    assert "org/absent" in one_error_line(missing) and not (tmp_path / "absent").exists()

@@ -15,7 +15,7 @@ from loramerge.data.records import read_task_file
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.evaluator import Evaluator
 from loramerge.merge.recipe import MergeRecipe
-from loramerge.merge.search import candidate_recipe, parse_grid
+from loramerge.merge.search import candidate_recipe, grid_file, parse_grid
 from tests.evaluate.test_eval import save_adapter
 
 RECIPE = MergeRecipe.model_validate(
@@ -127,3 +127,36 @@ def test_search_needs_a_dev_set_and_a_known_objective(search_inputs: dict[str, P
     no_groups = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert no_groups.exit_code == 2 and "needs --supervised" in no_groups.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_search_refuses_language_groups_the_dev_set_does_not_have(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 22: --supervised de against a dev set in en and fr was accepted; a supervised objective whose group
+    is empty told the user to pass --supervised, which they had."""
+    runner = CliRunner()
+    args = ["merge", str(search_inputs["zero"]), str(search_inputs["large"]), "--search", "large=0,1"]
+    args += ["--dev", str(search_inputs["dev"]), "--model", str(search_inputs["model"])]
+    absent = runner.invoke(app, [*args, "--supervised", "de", "--out", str(tmp_path / "a")])
+    assert absent.exit_code == 2 and "--supervised de: no record" in absent.stderr
+    everything = runner.invoke(
+        app, [*args, "--supervised", "en,fr", "--search-objective", "transfer", "--out", str(tmp_path / "b")]
+    )
+    assert everything.exit_code == 2 and "no transfer language" in " ".join(everything.stderr.split())
+    assert "pass --supervised" not in everything.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_grid_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("candidates:\n  - sources.0.weight: 1\ncandidate:\n  - sources.0.weight: 2\n")
+    with pytest.raises(LoramergeError, match="unknown top-level key.*candidate"):
+        grid_file(grid)
+
+
+def test_candidates_that_give_the_same_merge_are_named(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A layer rule for layers the adapters do not have (the tiny model has 4) changes nothing: said, not silent."""
+    args = ["merge", str(search_inputs["zero"]), str(search_inputs["large"]), "--search", "large@40-=0,1"]
+    args += ["--dev", str(search_inputs["dev"]), "--model", str(search_inputs["model"]), "--max-new-tokens", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    stderr = " ".join(result.stderr.split())
+    assert "warning:" in stderr and "'large@40-=0' and 'large@40-=1' give the same merge" in stderr

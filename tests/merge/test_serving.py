@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from loramerge import merge_adapters
 from loramerge.cli.app import app
 from loramerge.testing.verify import peft_delta_weights
-from tests.helpers import relative_error
+from tests.helpers import copy_adapter, relative_error
 
 PREFIX = "base_model.model."
 
@@ -136,3 +136,19 @@ def test_a_module_type_missing_in_a_covered_layer_is_filled_with_zeros(tiny_base
     assert report["layout"]["zero_filled_modules"] == ["model.layers.1.self_attn.q_proj"]
     expected = peft_deltas(tiny_base, gappy)
     assert worst_error(peft_deltas(tiny_base, tmp_path / "m"), expected) < 1e-5
+
+
+def test_export_refuses_an_out_folder_inside_its_input(task_adapter, tmp_path):
+    """It nested an adapter inside the input folder; now one line, exit 2, nothing written."""
+    source = copy_adapter(task_adapter, tmp_path / "source")
+    before = sorted(p.name for p in source.iterdir())
+    result = CliRunner().invoke(app, ["export", str(source), "--out", str(source / "exported")])
+    assert result.exit_code == 2 and "inside the input adapter folder" in result.stderr
+    assert sorted(p.name for p in source.iterdir()) == before
+
+
+def test_a_rank_warning_names_the_command_that_fixes_it(make_adapter, tmp_path):
+    wide = make_adapter("rank24", seed=7, r=24, lora_alpha=24)
+    result = CliRunner().invoke(app, ["export", str(wide), "--out", str(tmp_path / "wide")])
+    assert result.exit_code == 0, result.output
+    assert "export --rank 16" in " ".join(result.stderr.split())

@@ -340,3 +340,16 @@ def test_an_rslora_adapter_comes_with_the_export_command_that_servers_need(tiny_
     assert f"loramerge export {out} --out {out}-portable" in result.stderr  # on one line, whatever the width
     plain = CliRunner().invoke(app, align_args(tiny_model_dir("llama"), example_data["pairs"], "--out", str(tmp_path / "plain")))
     assert plain.exit_code == 0 and "rsLoRA" not in plain.stderr
+
+
+def test_a_constant_objective_is_refused_or_warned_from_the_observed_gradient(tiny_model_dir, example_data, tmp_path):
+    """align.temperature=inf is no number a recipe takes; 1e30 is one, but every pair then scores alike and the
+    first step's gradient is zero: the run says so instead of writing an adapter that does nothing in silence."""
+    args = align_args(tiny_model_dir("llama"), example_data["pairs"])
+    infinite = CliRunner().invoke(app, [*args, "--set", "align.temperature=.inf", "--out", str(tmp_path / "inf")])
+    assert infinite.exit_code == 2 and "finite number" in infinite.stderr and not (tmp_path / "inf").exists()
+    constant = CliRunner().invoke(app, [*args, "--set", "align.temperature=1e30", "--out", str(tmp_path / "flat")])
+    assert constant.exit_code == 0, constant.output
+    assert "warning: the first step's gradient is zero" in " ".join(constant.stderr.split())
+    normal = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "normal")])
+    assert normal.exit_code == 0 and "gradient is zero" not in normal.stderr
