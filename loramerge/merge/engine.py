@@ -115,18 +115,26 @@ def merge_module(
     num_layers: int,
     problems: ProblemList,
 ) -> MergedModule:
-    contributions, indices, weights = [], [], []
+    contributions, indices, weights, absent = [], [], [], []
+    first = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
     for index, (adapter, handle, source) in enumerate(zip(adapters, handles, recipe.sources)):
-        if name not in adapter.modules:
-            continue  # a module an adapter lacks contributes dW = 0
-        a, b = read_factors(handle, adapter, name)
         weight = module_weight(source, name, num_layers)
+        if name not in adapter.modules:
+            # dW = 0 with its weight, as the README's rule says: a rank-0 contribution. It changes no sum, vote or
+            # basis, but counts in a normalised linear merge's divisor (mergekit divides by every weight). Last,
+            # so the DARE masks of the present inputs are drawn as before. PEFT's `linear` needs equal ranks.
+            zero = Contribution(
+                a=torch.zeros(0, first.in_features), b=torch.zeros(first.out_features, 0), scale=1.0, weight=weight
+            )
+            absent += [] if recipe.method == "linear" else [zero]
+            continue
+        a, b = read_factors(handle, adapter, name)
         contributions.append(Contribution(a=a, b=b, scale=adapter.modules[name].scale, weight=weight))
         indices.append(index)
         weights.append(weight)
+    contributions += absent
     generator = torch.Generator().manual_seed(module_seed(recipe.seed or 0, name))
     merged = METHODS[recipe.method].function(contributions, settings, generator)
-    module = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
     entry = {
         "rank": merged.a.shape[0],
         "retained_energy": merged.retained_energy,
@@ -134,7 +142,7 @@ def merge_module(
         "sources": indices,
         "weights": weights,
     }
-    return MergedModule(name=name, a_key=module.a_key, b_key=module.b_key, a=merged.a, b=merged.b, entry=entry)
+    return MergedModule(name=name, a_key=first.a_key, b_key=first.b_key, a=merged.a, b=merged.b, entry=entry)
 
 
 def tensor_specs(

@@ -140,6 +140,11 @@ CONVENTIONS = {
 }
 
 
+# mergekit 0.1.5's registry: normalize is true for ties only; dare_ties, dare_linear and breadcrumbs default to false.
+# loramerge's dare_ties follows the TIES paper's disjoint mean (true); a mergekit recipe ported as is must not.
+NORMALIZE_DEFAULTS = {("mergekit", "dare_ties"): False}
+
+
 def method_settings(recipe: MergeRecipe) -> MethodSettings:
     """The recipe's method keys with every unset one resolved: explicit > conventions preset > default."""
     preset = CONVENTIONS[recipe.conventions or "loramerge"]
@@ -149,7 +154,9 @@ def method_settings(recipe: MergeRecipe) -> MethodSettings:
         for key in ("rank", "energy", "density", "majority_sign", "alpha", "task_fraction", "common_fraction")
         if getattr(recipe, key) is not None
     }
-    normalize = recipe.normalize if recipe.normalize is not None else METHODS[recipe.method].normalize_default
+    normalize = recipe.normalize
+    if normalize is None:  # the method's default, or the preset's where its tool's default differs
+        normalize = NORMALIZE_DEFAULTS.get((recipe.conventions, recipe.method), METHODS[recipe.method].normalize_default)
     return MethodSettings(**given, **rules, normalize=normalize)
 
 

@@ -93,3 +93,46 @@ def test_defaults_follow_the_papers_and_presets_fill_unset_rules():
 def test_a_key_the_method_does_not_read_is_refused(method, key, value):
     with pytest.raises(ValidationError, match=f"does not use '{key}'"):
         MergeRecipe.model_validate({**SOURCES, "method": method, key: value})
+
+
+def test_mergekit_conventions_use_mergekits_per_method_normalize_defaults():
+    """mergekit 0.1.5: normalize defaults to true for ties only (dare_ties, dare_linear, breadcrumbs: false)."""
+    defaults = {
+        (conventions, method): method_settings(MergeRecipe(**SOURCES, method=method, conventions=conventions)).normalize
+        for conventions in ("loramerge", "mergekit")
+        for method in ("ties", "dare_ties", "dare_linear", "magnitude_prune")
+    }
+    assert defaults == {
+        ("loramerge", "ties"): True,
+        ("loramerge", "dare_ties"): True,  # the TIES paper's disjoint mean
+        ("loramerge", "dare_linear"): False,
+        ("loramerge", "magnitude_prune"): False,
+        ("mergekit", "ties"): True,
+        ("mergekit", "dare_ties"): False,
+        ("mergekit", "dare_linear"): False,
+        ("mergekit", "magnitude_prune"): False,
+    }
+    explicit = MergeRecipe(**SOURCES, method="dare_ties", conventions="mergekit", normalize=True)
+    assert method_settings(explicit).normalize is True  # an explicit key overrides the preset
+
+
+@pytest.mark.parametrize("method", ["magnitude_prune", "dare_linear"])
+def test_a_module_an_adapter_lacks_counts_as_zero_with_its_weight(tiny_base, task_adapter, attention_adapter, tmp_path, method):
+    """README: a module an adapter lacks counts as dW = 0 there. A normalised linear merge divides by every weight
+    (mergekit), so the task adapter's MLP modules, which the attention adapter lacks, come out as 1 / (1 + 0.6)."""
+    from loramerge import merge_adapters
+    from loramerge.testing.verify import peft_delta_weights
+
+    recipe = {
+        "sources": [{"path": str(task_adapter), "weight": 1.0}, {"path": str(attention_adapter), "weight": 0.6}],
+        "method": method,
+        "density": 1.0,  # nothing dropped or trimmed: the definition is the normalised weighted sum
+        "normalize": True,
+    }
+    merge_adapters(recipe, tmp_path / "m")
+    merged, task = peft_delta_weights(tiny_base, tmp_path / "m"), peft_delta_weights(tiny_base, task_adapter)
+    mlp = [name for name in task if "mlp" in name]
+    assert mlp
+    for name in mlp:
+        expected = task[name] / 1.6
+        assert (merged[name] - expected).norm() <= 1e-4 * expected.norm(), name
