@@ -9,6 +9,7 @@ Grid syntax (--search, repeatable; several inline specs form their cartesian pro
   NAME=0,0.25,0.5      the weight of source NAME (its folder name, or its 1-based position) takes each value
   NAME@LAYERS=0,1      a rule for that source on a layer range ('0-4', '9-'), e.g. per-layer variants
   grid.yaml            a file with `candidates:`, a list of {dotted.recipe.key: value} mappings
+  methods              the default grid of methods and scales (method_grid.py): chooses the method too
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from loramerge.errors import LoramergeError
+from loramerge.merge.method_grid import METHODS_SPEC, method_candidates
 from loramerge.merge.recipe import MergeRecipe
 from loramerge.output_lock import output_lock
 from loramerge.parsing import parse_float_list
@@ -86,6 +88,10 @@ def grid_file(path: Path) -> list[Candidate]:
 
 
 def parse_grid(recipe: MergeRecipe, specs: list[str]) -> list[Candidate]:
+    if METHODS_SPEC in specs:
+        if len(specs) > 1:
+            raise LoramergeError(f"--search {METHODS_SPEC} is a whole grid of methods and scales; give it alone")
+        return [Candidate(label, changes) for label, changes in method_candidates(recipe)]
     files = [spec for spec in specs if spec.endswith((".yaml", ".yml"))]
     if files and len(specs) > 1:
         raise LoramergeError("--search: give one grid .yaml file, or inline NAME=values specs, not both")
@@ -210,7 +216,12 @@ def search_json(rows: list[SearchRow], best: SearchRow, objective: str, dev: str
         "objective": objective,
         "chosen": best.candidate.label,
         "candidates": [
-            {"label": row.candidate.label, "changes": row.candidate.changes, "means": row.means, "languages": row.languages}
+            {
+                "label": row.candidate.label,
+                "changes": {key: value for key, value in row.candidate.changes.items() if value is not None},
+                "means": row.means,
+                "languages": row.languages,
+            }
             for row in rows
         ],
     }

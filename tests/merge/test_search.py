@@ -160,3 +160,45 @@ def test_candidates_that_give_the_same_merge_are_named(search_inputs: dict[str, 
     assert result.exit_code == 0, result.output
     stderr = " ".join(result.stderr.split())
     assert "warning:" in stderr and "'large@40-=0' and 'large@40-=1' give the same merge" in stderr
+
+
+def test_search_methods_chooses_the_method_and_its_scale_on_dev(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 23: one command that picks the method and its scale on a dev set, from a small default grid."""
+    out = tmp_path / "auto"
+    args = ["merge", str(search_inputs["zero"]), str(search_inputs["large"]), "--search", "methods"]
+    args += ["--dev", str(search_inputs["dev"]), "--model", str(search_inputs["model"]), "--metric", "chrf"]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    search = json.loads((out / "search.json").read_text())
+    labels = [row["label"] for row in search["candidates"]]
+    assert labels == [
+        "cat x0.5",
+        "cat x1",
+        "ties density=0.3",
+        "ties density=0.5",
+        "ties density=0.7",
+        "tsv alpha=0.5",
+        "tsv alpha=1",
+        "iso_c alpha=0.5",
+        "iso_c alpha=1",
+        "iso_cts alpha=0.5",
+        "iso_cts alpha=1",
+    ]
+    best = max(search["candidates"], key=lambda row: (row["means"]["all"], -labels.index(row["label"])))
+    assert search["chosen"] == best["label"]
+    written = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert written["method"] == best["changes"]["method"]
+    assert f"{best['label']} **(chosen)**" in (out / "README.md").read_text()
+
+
+def test_search_methods_uses_svd_for_the_sum_under_a_rank_limit_and_stands_alone() -> None:
+    from loramerge.merge.method_grid import method_candidates
+
+    recipe = MergeRecipe(sources=[{"path": "a"}, {"path": "b", "weight": 2.0}, {"path": "c"}], method="svd", rank=16)
+    candidates = dict(method_candidates(recipe))
+    assert candidates["svd x0.333"]["sources.1.weight"] == pytest.approx(2.0 / 3.0)
+    assert {changes["method"] for changes in candidates.values()} == {"svd", "ties", "tsv", "iso_c", "iso_cts"}
+    with pytest.raises(LoramergeError, match="give it alone"):
+        parse_grid(recipe, ["methods", "a=0,1"])
+    with pytest.raises(LoramergeError, match="at least two adapters"):
+        method_candidates(MergeRecipe(sources=[{"path": "a"}]))
