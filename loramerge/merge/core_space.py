@@ -65,18 +65,32 @@ def core_space(factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> CoreS
     return CoreSpace(b=b, a=a, b_basis=b_basis, a_basis=a_basis, cores=cores)
 
 
-def from_core(space: CoreSpace, merged: torch.Tensor, rank: int | None, energy: float | None) -> Truncation:
+def retained_shares(tasks: list[torch.Tensor], left: torch.Tensor, right: torch.Tensor) -> tuple[float, ...]:
+    """||P_left M_t P_right||^2 / ||M_t||^2 for each task core: how much of its own update the output's row and
+    column spaces can carry (1 for a task inside them; an all-zero task counts as kept)."""
+    shares = []
+    for task in tasks:
+        total = float(task.square().sum())
+        shares.append(float((left.T @ task @ right).square().sum()) / total if total > 0 else 1.0)
+    return tuple(shares)
+
+
+def from_core(
+    space: CoreSpace, merged: torch.Tensor, rank: int | None, energy: float | None, tasks: list[torch.Tensor] | None = None
+) -> Truncation:
     """LoRA factors of L @ merged @ Q^T: the SVD of the small merged core, truncated to rank or energy.
 
     Error and retained energy are relative to the merged update (as for `svd`), measured on the core: the bases
-    are orthonormal, so ||L C Q^T||_F = ||C||_F.
+    are orthonormal, so ||L C Q^T||_F = ||C||_F. With `tasks` (the weighted input cores), each one's retained
+    share of its own update in the output's subspace is reported too.
     """
     u, values, vh = torch.linalg.svd(merged, full_matrices=False)
     keep = choose_rank(values, rank, energy)
     small = truncate(Spectrum(left=u, values=values, right=vh), keep)  # U_k S_k^1/2 and S_k^1/2 V_k^T
+    shares = retained_shares(tasks, u[:, :keep], vh[:keep].T) if tasks is not None else None
     b = space.b @ (space.b_basis @ small.b).float()
     a = (small.a @ space.a_basis.T).float() @ space.a
     if energy is None:  # the rank planned before the work (as for svd) even where the inputs span less
         (out, total), fan_in = space.b.shape, space.a.shape[1]
         a, b = pad_factors(a, b, min(rank if rank is not None else total, out, fan_in, total))
-    return Truncation(b=b, a=a, retained_energy=small.retained_energy, relative_error=small.relative_error)
+    return Truncation(b=b, a=a, retained_energy=small.retained_energy, relative_error=small.relative_error, task_retained=shares)

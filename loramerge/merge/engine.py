@@ -142,6 +142,8 @@ def merge_module(
         "sources": indices,
         "weights": weights,
     }
+    if merged.task_retained is not None:  # per present source, in `sources` order (absent ones were appended last)
+        entry["task_retained"] = [round(share, 6) for share in merged.task_retained[: len(indices)]]
     return MergedModule(name=name, a_key=first.a_key, b_key=first.b_key, a=merged.a, b=merged.b, entry=entry)
 
 

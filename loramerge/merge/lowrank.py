@@ -39,6 +39,7 @@ class Truncation:
     a: torch.Tensor
     retained_energy: float | None  # None where it has no meaning (PEFT-compatible 'linear')
     relative_error: float
+    task_retained: tuple[float, ...] | None = None  # core methods: each input's share of its own update kept
 
 
 def factor_svd(b: torch.Tensor, a: torch.Tensor) -> Spectrum:

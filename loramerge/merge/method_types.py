@@ -28,6 +28,8 @@ class MethodSettings(SparsifySettings):
     alpha: float = 1.0  # tsv, iso_c, iso_cts: scale of the merged update (the papers' alpha)
     task_fraction: float | None = None  # tsv: share of the rank each task keeps; None: 1 / number of inputs
     common_fraction: float = 0.8  # iso_cts: share of the rank given to the common subspace
+    subspace: str = "merged"  # core methods with a rank: truncate the merge ("merged") or merge in a shared rank-r subspace
+    subspace_beta: float = 0.25  # "shared": task balance of the subspace fit (Compress-then-Merge's README example)
 
 
 MethodFunction = Callable[[list[Contribution], MethodSettings, torch.Generator], Truncation]

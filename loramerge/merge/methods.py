@@ -123,6 +123,9 @@ def _dense(sparsify: Sparsifier, combine: Combiner, summary: str, keys: frozense
     return MethodInfo(function, exact=False, truncates=True, sparsifies=True, summary=summary, keys=keys, normalize_default=ties)
 
 
+SUBSPACE_KEYS = frozenset({"subspace", "subspace_beta"})  # every core method: merge then truncate, or compress then merge
+
+
 def _core(function: MethodFunction, summary: str, keys: frozenset[str], ties: bool = False) -> MethodInfo:
     return MethodInfo(
         function,
@@ -130,7 +133,7 @@ def _core(function: MethodFunction, summary: str, keys: frozenset[str], ties: bo
         truncates=True,
         sparsifies=False,
         summary=summary,
-        keys=keys,
+        keys=keys | SUBSPACE_KEYS,
         normalize_default=ties,
         core_space=True,
     )

@@ -95,6 +95,14 @@ class MergeRecipe(StrictModel):
     common_fraction: float | None = Field(
         None, gt=0.0, lt=1.0, description="iso_cts: share of the rank for the common subspace (default 0.8)"
     )
+    subspace: Literal["merged", "shared"] | None = Field(
+        None,
+        description="core methods with --rank: truncate the merged update (merged, default) or merge every input's "
+        "coordinates in one shared rank-r subspace chosen first (shared: Compress-then-Merge)",
+    )
+    subspace_beta: float | None = Field(
+        None, ge=0.0, le=1.0, description="shared: 1 fits the subspace to the inputs as they are, 0 to equal norms (0.25)"
+    )
     dtype: DtypeName | None = Field(None, description="output dtype; default: the inputs' (float32 if mixed)")
     seed: int | None = Field(None, description="seed of the random methods (dare_*, core_dare); default 0")
     num_layers: int | None = Field(None, gt=0, description="depth for depth_weights; default: deepest layer seen + 1")
@@ -111,6 +119,8 @@ class MergeRecipe(StrictModel):
         info = METHODS[self.method]
         if self.rank is not None and self.energy is not None:
             raise ValueError("give rank or energy, not both")
+        if self.subspace == "shared" and self.rank is None:
+            raise ValueError("subspace 'shared' picks a rank-r subspace before merging: give --rank r")
         if (self.rank is not None or self.energy is not None) and not info.truncates:
             raise ValueError(f"method {self.method!r} does not truncate; use method 'svd' to set a rank or energy")
         for key in METHOD_KEYS:
@@ -130,6 +140,8 @@ METHOD_KEYS = (
     "alpha",
     "task_fraction",
     "common_fraction",
+    "subspace",
+    "subspace_beta",
     "seed",
 )
 # which registry keys make a method read a recipe key; `conventions` is read by any method with one of its rules
@@ -151,7 +163,17 @@ def method_settings(recipe: MergeRecipe) -> MethodSettings:
     rules = {key: getattr(recipe, key) or preset[key] for key in CONVENTION_KEYS}
     given = {
         key: getattr(recipe, key)
-        for key in ("rank", "energy", "density", "majority_sign", "alpha", "task_fraction", "common_fraction")
+        for key in (
+            "rank",
+            "energy",
+            "density",
+            "majority_sign",
+            "alpha",
+            "task_fraction",
+            "common_fraction",
+            "subspace",
+            "subspace_beta",
+        )
         if getattr(recipe, key) is not None
     }
     normalize = recipe.normalize

@@ -120,3 +120,37 @@ def knots_alignment(updates: list[torch.Tensor]) -> tuple[torch.Tensor, list[tor
     V_n^T]. Returns U S (shared) and each task's aligned coordinates V_i^T (k x in): dW_i = U S V_i^T."""
     u, s, vh = leading(torch.cat(updates, dim=1), sum(min(x.shape) for x in updates))
     return u * s, list(vh.split(updates[0].shape[1], dim=1))
+
+
+def balanced_by_norm(cores: list[torch.Tensor], beta: float) -> list[torch.Tensor]:
+    """Compress-then-Merge's task balance: each core rescaled to beta * its norm + (1 - beta) * the mean norm
+    (beta 1: as given, so the largest update claims the subspace; beta 0: every task at the same norm)."""
+    norms = [float(core.norm()) for core in cores]
+    mean = sum(norms) / len(norms)
+    return [core * ((beta * norm + (1 - beta) * mean) / norm) if norm > 0 else core for core, norm in zip(cores, norms)]
+
+
+def top_left(matrix: torch.Tensor, rank: int) -> torch.Tensor:
+    return torch.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
+
+
+def shared_subspace(
+    cores: list[torch.Tensor], rank: int, beta: float, iterations: int = 100, tolerance: float = 1e-10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compress-then-Merge (He et al., ICML 2026): orthonormal U (p x r) and V (q x r) that keep the most of every
+    task at once, max sum_t ||U^T M_t V||_F^2 over the balanced cores (a Tucker-2 decomposition of the stack
+    p x q x T): HOSVD start, then HOOI sweeps until the kept energy stops rising. Each task is then merged as its
+    r x r coordinates U^T M_t V, so the merge is rank r by construction instead of truncated afterwards."""
+    balanced = balanced_by_norm(cores, beta)
+    rank = min(rank, *balanced[0].shape)
+    left = top_left(torch.cat(balanced, dim=1), rank)  # mode-0 unfolding [M_1 ... M_T]
+    right = top_left(torch.cat([core.T for core in balanced], dim=1), rank)
+    kept = -1.0
+    for _ in range(iterations):
+        left = top_left(torch.cat([core @ right for core in balanced], dim=1), rank)
+        right = top_left(torch.cat([core.T @ left for core in balanced], dim=1), rank)
+        now = sum(float((left.T @ core @ right).square().sum()) for core in balanced)
+        if now - kept <= tolerance * max(now, 1e-300):
+            break
+        kept = now
+    return left, right

@@ -194,7 +194,7 @@ def test_a_core_space_method_with_its_keys_and_its_rerunnable_recipe(task_adapte
     result = run(str(task_adapter), str(align_adapter), "--method", "iso_cts", "--set", "alpha=1.5", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "merge_report.json").read_text())
-    assert report["settings"] == {"alpha": 1.5, "common_fraction": 0.8}
+    assert report["settings"] == {"alpha": 1.5, "common_fraction": 0.8, "subspace": "merged", "subspace_beta": 0.25}
     # recipe.yaml holds only what was set, so it reruns as is: no key the method does not read
     again = run("--recipe", str(out / "recipe.yaml"), "--out", str(tmp_path / "again"))
     assert again.exit_code == 0, again.output
@@ -208,3 +208,14 @@ def test_a_key_the_method_does_not_read_is_refused_on_one_line(task_adapter, ali
     out = tmp_path / "m"
     result = run(str(task_adapter), str(align_adapter), "--set", "density=0.3", "--out", str(out))
     assert_refused(result, out, "does not use 'density'", "ties", "remove it")
+
+
+def test_a_shared_subspace_merge_needs_a_rank_and_reports_each_tasks_share(task_adapter, align_adapter, tmp_path):
+    args = [str(task_adapter), str(align_adapter), "--method", "tsv", "--set", "subspace=shared"]
+    assert_refused(run(*args, "--out", str(tmp_path / "no-rank")), tmp_path / "no-rank", "give --rank r")
+    result = run(*args, "--rank", "4", "--out", str(tmp_path / "r4"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r4" / "merge_report.json").read_text())
+    assert report["settings"]["subspace"] == "shared" and report["rank_max"] == 4
+    entry = next(iter(report["modules"].values()))
+    assert len(entry["task_retained"]) == len(entry["sources"]) and all(0 < s <= 1.000001 for s in entry["task_retained"])

@@ -217,3 +217,36 @@ def test_untrained_inputs_with_zero_b_merge_to_zero_at_the_planned_rank(method):
     result = METHODS[method].function(zeros, MethodSettings(), torch.Generator().manual_seed(0))
     assert result.a.shape == (8, IN) and result.b.shape == (OUT, 8)
     assert float((result.b @ result.a).abs().max()) == 0.0
+
+
+def test_the_shared_subspace_keeps_the_most_of_every_task_and_is_exact_at_full_rank():
+    """Compress-then-Merge's Tucker-2 fit: HOOI never keeps less than its HOSVD start, a single task gets its
+    best rank-r approximation (Eckart-Young), and a rank that spans every input changes nothing."""
+    from loramerge.merge.spectral import shared_subspace, top_left
+
+    generator = torch.Generator().manual_seed(11)
+    cores = [torch.randn(12, 10, generator=generator, dtype=torch.float64) * scale for scale in (1.0, 3.0, 0.5)]
+    left, right = shared_subspace(cores, 4, beta=1.0)
+    assert torch.allclose(left.T @ left, torch.eye(4, dtype=torch.float64), atol=1e-10)
+    start_left, start_right = top_left(torch.cat(cores, 1), 4), top_left(torch.cat([c.T for c in cores], 1), 4)
+    kept = sum(float((left.T @ c @ right).square().sum()) for c in cores)
+    assert kept >= sum(float((start_left.T @ c @ start_right).square().sum()) for c in cores) - 1e-9
+    single_left, single_right = shared_subspace(cores[:1], 4, beta=1.0)
+    projected = single_left @ (single_left.T @ cores[0] @ single_right) @ single_right.T
+    u, s, vh = torch.linalg.svd(cores[0])
+    assert close(projected, (u[:, :4] * s[:4]) @ vh[:4], 1e-8)
+    contributions = inputs([4, 4], [0.7, 1.2], seed=12)
+    full = merged("tsv", contributions, rank=8, subspace="shared")
+    assert close(full, merged("tsv", contributions, rank=8), 1e-5)  # rank 8 spans both: nothing to compress
+
+
+@pytest.mark.parametrize("method", ["tsv", "iso_c", "core_ties", "knots_ties"])
+def test_a_shared_subspace_merge_is_rank_r_and_reports_each_tasks_retained_share(method):
+    contributions = inputs([8, 8, 8, 8], [1.0, 1.0, 1.0, 1.0], seed=13)
+    settings = MethodSettings(rank=6, subspace="shared")
+    result = METHODS[method].function(contributions, settings, torch.Generator().manual_seed(5))
+    assert result.a.shape[0] == 6 and torch.linalg.matrix_rank(result.b.double() @ result.a.double()) <= 6
+    assert result.task_retained is not None and len(result.task_retained) == 4
+    assert all(0.0 < share <= 1.0 + 1e-9 for share in result.task_retained)
+    truncated = METHODS[method].function(contributions, MethodSettings(rank=6), torch.Generator().manual_seed(5))
+    assert truncated.task_retained is not None  # merge-then-truncate reports them too, for the comparison
