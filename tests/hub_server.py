@@ -1,6 +1,6 @@
 """A local Hugging Face Hub stand-in on 127.0.0.1 for offline tests of pull and push.
 
-It answers the calls huggingface_hub, transformers and peft make (DESIGN.md section 5): create repo,
+It answers the calls huggingface_hub, transformers and peft make (docs/design.md section 5): create repo,
 create branch, validate-yaml, preupload, NDJSON commit, resolve (HEAD/GET), model info and tree listing.
 Repos live in memory as commits whose sha is the sha1 of their content. Tests can queue faults (HTTP
 500, 429 with Retry-After: 0, a dropped connection before or after the request takes effect) for the

@@ -1,7 +1,7 @@
 """How a merged adapter is laid out on disk, so that every server applies the same update PEFT does.
 
 PEFT reads `rank_pattern`/`alpha_pattern` and scales each module by its own alpha / r. The servers do not
-(DESIGN.md section 3; their code, read at the commits named):
+(docs/design.md section 3; their code, read at the commits named):
 - llama.cpp: convert_lora_to_gguf.py stores the single `lora_alpha = lparams["lora_alpha"]` (ggml-org/llama.cpp
   @0b03ada, the `alpha: float = lparams["lora_alpha"]` line before `LoraModel(...)`), and at run time
   `llama_adapter_lora_weight::get_scale` multiplies by alpha / (that tensor's rank, b->ne[0]): a module whose

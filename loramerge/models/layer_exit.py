@@ -1,6 +1,6 @@
 """Run a decoder LLM only up to hidden-states index k: the alignment loss needs nothing above it.
 
-The reference code (DESIGN.md section 4) runs the whole model and the LM head to read layer k; for
+The reference code (docs/design.md section 4) runs the whole model and the LM head to read layer k; for
 k = L/2 that is about half the compute of an alignment step wasted. Here a hook on the block that
 produces hidden_states[k] stores it and raises a private exception that ends the forward pass.
 Hooks are public nn.Module API, so every decoder architecture in transformers works, unforked.

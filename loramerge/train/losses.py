@@ -1,6 +1,6 @@
 """The two training objectives as pure functions of tensors: the task loss and the alignment loss.
 
-Alignment (DESIGN.md section 4): mean-pool (`loramerge.models.pooling`) the layer-k states of a sentence and of its
+Alignment (docs/design.md section 4): mean-pool (`loramerge.models.pooling`) the layer-k states of a sentence and of its
 translation, then InfoNCE with cosine similarity and in-batch negatives. Everything is computed in
 float32, whatever the model's dtype: a bf16 softmax over temperature-scaled cosines loses the small
 differences between near-identical sentence vectors.
