@@ -217,6 +217,15 @@ def check_languages(root: Path, langs: list[str]) -> None:
     problems.raise_if_any()
 
 
+def add_role_problems(supervised: list[str], transfer: list[str], problems: ProblemList) -> None:
+    """A task's languages by role: some supervised (with training data), none both supervised and transfer."""
+    if not supervised:
+        problems.add("--supervised is empty; give the languages with task training data, e.g. en,fr")
+    if set(supervised) & set(transfer):
+        both = ", ".join(sorted(set(supervised) & set(transfer)))
+        problems.add(f"{both} given as both supervised and transfer; give each once")
+
+
 def keep_multiway(languages: list[LanguagePairs]) -> None:
     """Keep only the sources translated into every language (in place)."""
     common = set.intersection(*(set(language.pairs) for language in languages)) if languages else set()

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramerge.atomic import atomic_directory, output_dir_problem
-from loramerge.data.corpora import DEFAULT_ROOT, SOURCE_LANG, parse_split, read_mo, split_of, write_jsonl_files
+from loramerge.data.corpora import (
+    DEFAULT_ROOT,
+    SOURCE_LANG,
+    add_role_problems,
+    parse_split,
+    read_mo,
+    split_of,
+    write_jsonl_files,
+)
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.output_lock import output_lock
 
@@ -114,12 +122,7 @@ def check_languages(
     supervised: list[str], transfer: list[str], available: dict[str, dict[str, dict[str, str]]], locale_root: Path
 ) -> None:
     problems = ProblemList()
-    if not supervised:
-        problems.add("--supervised is empty; give the languages with task training data, e.g. en,fr")
-    if set(supervised) & set(transfer):
-        problems.add(
-            f"{', '.join(sorted(set(supervised) & set(transfer)))} given as both supervised and transfer; give each once"
-        )
+    add_role_problems(supervised, transfer, problems)
     for lang, names in available.items():
         if lang != SOURCE_LANG and not any(names.values()):
             problems.add(f"{lang}: no iso-codes catalogs translate into it under {locale_root}; choose another language")

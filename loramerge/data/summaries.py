@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -37,33 +39,43 @@ def print_extraction(extraction: Extraction, seconds: float, console: Console) -
     console.print("The catalogs are GPL/LGPL licensed: keep the extracted files out of version control and releases.")
 
 
-def print_iso_task(task: IsoTask, console: Console) -> None:
-    langs = list(dict.fromkeys(lang for counts in task.counts.values() for lang in counts))
-    table = Table(title="iso-codes task records")
+def print_task_records(
+    title: str,
+    counts: dict[str, dict[str, int]],
+    groups: str,
+    per_split: dict[str, str],
+    files: dict[str, Path],
+    console: Console,
+) -> None:
+    """Records per split and language, with a last column of `groups` per split (entities or sentences)."""
+    langs = list(dict.fromkeys(lang for split_counts in counts.values() for lang in split_counts))
+    table = Table(title=title)
     table.add_column("split")
     for lang in langs:
         table.add_column(lang, justify="right")
-    table.add_column("entities (country/language/currency)", justify="right")
-    for name, counts in task.counts.items():
-        kinds = "/".join(str(task.kinds[name].get(kind.name, 0)) for kind in KINDS)
-        table.add_row(name, *(str(counts.get(lang, "")) for lang in langs), f"{task.entities[name]} ({kinds})")
+    table.add_column(groups, justify="right")
+    for name, split_counts in counts.items():
+        table.add_row(name, *(str(split_counts.get(lang, "")) for lang in langs), per_split[name])
     console.print(table)
-    for name, path in task.files.items():
+    for name, path in files.items():
         console.print(f"{name}: {path}")
+
+
+def print_iso_task(task: IsoTask, console: Console) -> None:
+    per_split = {
+        name: f"{task.entities[name]} ({'/'.join(str(task.kinds[name].get(kind.name, 0)) for kind in KINDS)})"
+        for name in task.counts
+    }
+    print_task_records(
+        "iso-codes task records", task.counts, "entities (country/language/currency)", per_split, task.files, console
+    )
 
 
 def print_topic_task(task: TopicTask, console: Console) -> None:
-    langs = list(dict.fromkeys(lang for counts in task.counts.values() for lang in counts))
-    table = Table(title="topic task records")
-    table.add_column("split")
-    for lang in langs:
-        table.add_column(lang, justify="right")
-    table.add_column(f"sentences ({'/'.join(TOPICS)})", justify="right")
-    for name, counts in task.counts.items():
-        labels = "/".join(str(task.per_label[name].get(label, 0)) for label in TOPICS)
-        table.add_row(name, *(str(counts.get(lang, "")) for lang in langs), f"{sum(task.per_label[name].values())} ({labels})")
-    console.print(table)
+    per_split = {
+        name: f"{sum(task.per_label[name].values())} ({'/'.join(str(task.per_label[name].get(label, 0)) for label in TOPICS)})"
+        for name in task.counts
+    }
+    print_task_records("topic task records", task.counts, f"sentences ({'/'.join(TOPICS)})", per_split, task.files, console)
     console.print(f"left out: {task.ambiguous} sentences found in catalogs of two labels")
-    for name, path in task.files.items():
-        console.print(f"{name}: {path}")
     console.print("The catalogs are GPL/LGPL licensed: keep the extracted files out of version control and releases.")

@@ -28,6 +28,7 @@ from loramerge.data.corpora import (
     DEFAULT_ROOT,
     SOURCE_LANG,
     FilterSettings,
+    add_role_problems,
     catalog_files,
     check_languages,
     choose_translation,
@@ -161,17 +162,6 @@ def alignment_pairs(sources: list[str], langs: list[str], sentences: TopicSenten
     return pairs
 
 
-def check_roles(supervised: list[str], transfer: list[str]) -> None:
-    problems = ProblemList()
-    if not supervised:
-        problems.add("--supervised is empty; give the languages with task training data, e.g. en")
-    if set(supervised) & set(transfer):
-        problems.add(
-            f"{', '.join(sorted(set(supervised) & set(transfer)))} given as both supervised and transfer; give each once"
-        )
-    problems.raise_if_any()
-
-
 def build_topic_task(
     supervised: list[str],
     transfer: list[str],
@@ -189,7 +179,9 @@ def build_topic_task(
     with output_lock(out):
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)
-        check_roles(supervised, transfer)
+        problems = ProblemList()
+        add_role_problems(supervised, transfer, problems)
+        problems.raise_if_any()
         if train_per_label < 1:
             raise LoramergeError(f"--train-per-label {train_per_label}: give at least 1 (default {DEFAULT_TRAIN_PER_LABEL})")
         fractions = parse_split(split)
