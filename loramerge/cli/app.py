@@ -103,6 +103,8 @@ def print_merge_summary(result: MergeResult) -> None:
     table.add_row("rank", str(ranks[0]) if ranks[0] == ranks[1] else f"{ranks[0]}-{ranks[1]}")
     table.add_row("layout", describe_layout(report["layout"]))
     table.add_row("max relative error", f"{report['max_relative_error']:.2e}")
+    if "max_dtype_relative_error" in report:  # what rounding to --dtype adds to the written factors
+        table.add_row("+ rounding to the dtype", f"{report['max_dtype_relative_error']:.2e}")
     console.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -28,6 +28,7 @@ from loramerge.hub.card import MergedInput, input_card_metadata, render_merge_ca
 from loramerge.merge.inputs import all_finite, carry_tensors, check_finite_inputs, load_and_check, read_factors
 from loramerge.merge.layer_weights import layer_index, module_weight
 from loramerge.merge.layout import SERVED_BY, missing_in_layers, pad_factors, same_place_key
+from loramerge.merge.lowrank import product_frobenius_norm
 from loramerge.merge.methods import METHODS, Contribution, MethodSettings
 from loramerge.merge.peft_config import merged_config
 from loramerge.merge.recipe import MergeRecipe, MergeSource, method_settings
@@ -45,6 +46,14 @@ CARD_FILE = "README.md"
 
 class NonFiniteOutput(RuntimeError):
     """A merged tensor is NaN or Inf: never published (an internal error, exit 1, not a user error)."""
+
+
+def rounding_error(b: torch.Tensor, a: torch.Tensor, b_written: torch.Tensor, a_written: torch.Tensor) -> float:
+    """||b a - b' a'||_F / ||b a||_F of factors rounded to a smaller dtype, from R x R Gram matrices (no out x in
+    matrix): bfloat16 rounds each factor by ~2^-9, so ~4e-3 of the update."""
+    norm = product_frobenius_norm(b, a)
+    difference = product_frobenius_norm(torch.cat([b.float(), -b_written.float()], 1), torch.cat([a.float(), a_written.float()]))
+    return difference / norm if norm > 0 else 0.0
 
 
 def zero_output_warning(modules: dict[str, dict[str, Any]]) -> list[str]:
@@ -211,6 +220,8 @@ def write_weights(
                 )
             if not output.entry.get("zero_filled"):
                 output.entry["zero"] = not (bool(a.any()) and bool(b.any()))
+                if dtype != torch.float32:  # the error is reported for what is written, not for the float32 result
+                    output.entry["dtype_relative_error"] = rounding_error(output.b, output.a, b, a)
             writer.write(output.a_key, a)
             writer.write(output.b_key, b)
             if not output.entry.get("zero_filled"):  # the report lists merged modules only

@@ -16,6 +16,7 @@ VLLM_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank; larger adapters fail 
 def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ranks = [entry["rank"] for entry in modules.values()]
     errors = [entry["relative_error"] for entry in modules.values()]
+    rounding = [entry["dtype_relative_error"] for entry in modules.values() if "dtype_relative_error" in entry]
     return {
         "method": recipe.method,
         "exact": METHODS[recipe.method].exact,
@@ -24,6 +25,7 @@ def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dic
         "rank_min": min(ranks),
         "rank_max": max(ranks),
         "max_relative_error": max(errors),
+        **({"max_dtype_relative_error": max(rounding)} if rounding else {}),  # of the written, rounded factors
         "modules": modules,
     }
 
@@ -31,6 +33,8 @@ def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dic
 def summarise(report: dict[str, Any]) -> str:
     ranks = f"{report['rank_min']}" if report["rank_min"] == report["rank_max"] else f"{report['rank_min']}-{report['rank_max']}"
     text = f"{report['modules_merged']} modules, output rank {ranks}, max relative error {report['max_relative_error']:.2e}."
+    if "max_dtype_relative_error" in report:
+        text += f" Rounding to the output dtype adds up to {report['max_dtype_relative_error']:.2e}."
     if (layout := report.get("layout")) is not None:
         text += f" Layout {describe_layout(layout)}."
     return text

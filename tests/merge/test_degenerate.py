@@ -205,3 +205,25 @@ def test_a_whole_recipe_check_reads_without_validator_jargon(task_adapter: Path,
     result = run(str(task_adapter), str(task_adapter), "--set", "density=0.5", "--out", str(out))
     refused(result, out, 2, "method 'cat' does not use 'density'")
     assert "Value error" not in result.stderr and "(top level)" not in result.stderr
+
+
+def test_the_reported_error_includes_rounding_to_the_output_dtype(
+    task_adapter: Path, align_adapter: Path, tmp_path: Path
+) -> None:
+    """The report speaks of what was written: bfloat16 factors of an exact merge are ~4e-3 away from the sum."""
+    out = tmp_path / "bf16"
+    result = run(str(task_adapter), str(align_adapter), "--dtype", "bfloat16", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "merge_report.json").read_text())
+    written = load_file(str(out / "adapter_model.safetensors"))
+    name, entry = next(iter(report["modules"].items()))
+    a = written[f"base_model.model.{name}.lora_A.weight"].double()
+    b = written[f"base_model.model.{name}.lora_B.weight"].double()
+    exact = run(str(task_adapter), str(align_adapter), "--out", str(tmp_path / "f32"))
+    assert exact.exit_code == 0
+    f32 = load_file(str(tmp_path / "f32" / "adapter_model.safetensors"))
+    target = f32[f"base_model.model.{name}.lora_B.weight"].double() @ f32[f"base_model.model.{name}.lora_A.weight"].double()
+    measured = float((b @ a - target).norm() / target.norm())
+    assert 1e-4 < entry["dtype_relative_error"] < 2e-2
+    assert entry["dtype_relative_error"] == pytest.approx(measured, rel=1e-3)
+    assert report["max_dtype_relative_error"] >= entry["dtype_relative_error"] and "rounding" in " ".join(result.stderr.split())
