@@ -1,0 +1,245 @@
+"""Transfer study on the topic task (issue 21): does alignment close a transfer gap that exists?
+
+    .venv/bin/python bench/transfer_study.py gap                 # dev: base and task-only, per language
+    .venv/bin/python bench/transfer_study.py dev [--seeds 0]     # dev: every alignment setting x merge weight
+    .venv/bin/python bench/transfer_study.py test --seeds 0,1,2  # test, read once, with the setting chosen on dev
+
+Task: `loramerge data topics` (which kind of program a UI sentence comes from, 6 labels), trained on ENGLISH
+only (the paper's setting: 300 steps of 16, ~5 epochs of 960 records); transfer languages ja, ru, zh_CN (with
+alignment pairs) and fr, de (without). Gemma-3-270M, the demo's recipes otherwise.
+
+Protocol: splits fixed by a seeded hash of each English sentence; every dev and test sentence, in every
+language, is absent from both kinds of alignment pairs (the builder and `ui_pairs` drop them). `dev` scores the
+candidates on DEV only (seed 0) and writes selection.json; `test` refuses to run without it, trains the other
+seeds with that setting and reads TEST once: task-only, joint (train-task --pairs) and merged (task + the
+alignment adapter at the chosen weight), paired seed x item bootstrap intervals (bench/quality.py's compare).
+Resumable: adapters and evaluations already in --out are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from quality import compare, prediction_rows, tables  # bench/ is on sys.path as a script
+from rich.console import Console
+
+from loramerge.cli.support import quiet_libraries
+from loramerge.demo.plan import DemoPlan
+from loramerge.demo.run import demo_recipe, working_directory
+from loramerge.recipes import apply_override, validate_recipe
+from loramerge.train.recipe import TrainRecipe
+
+# max_new_tokens 4: a label is one token with Gemma's tokenizer, then the stop token
+PLAN = DemoPlan(
+    model="bundled:gemma-3-270m", supervised=("en",), aligned=("ja", "ru", "zh_CN"), unaligned=("fr", "de"), max_new_tokens=4
+)
+TASK_STEPS = 300
+DEV_PER_LABEL, TEST_PER_LABEL = 20, 30  # x 6 labels x 6 languages: 720 dev and 1,080 test generations a variant (9 a second)
+# The dev candidates: (alignment data, layer, steps); each merged at every weight below.
+SETTINGS = {
+    "ui-l9-60": ("ui", 9, 60),  # the demo's alignment adapter, on leak-free UI pairs
+    "task-l9-60": ("task", 9, 60),  # in-domain: the train sentences' translations (no labels)
+    "task-l11-60": ("task", 11, 60),  # layer 11: 98.7 % dev retrieval vs 89.0 at 9 (BENCHMARKS.md, issue 14)
+}  # 3 settings x 3 weights: what 2 CPU cores allow beside 3 seeds of test (~2.5 s a task step)
+WEIGHTS = (0.25, 0.5, 1.0)
+
+
+def build_data(console: Console) -> None:
+    from loramerge.data.corpora import FilterSettings, extract_gettext
+    from loramerge.data.topics import TOPICS, build_topic_task
+
+    if Path("data/topics/test.jsonl").is_file():
+        return
+    Path("data").mkdir(exist_ok=True)
+    task = build_topic_task(list(PLAN.supervised), list(PLAN.transfer), Path("data/topics"), align_langs=list(PLAN.aligned))
+    console.print(f"topic task: {task.counts} per label {task.per_label}")
+    held_out = {
+        json.loads(line)["prompt"].removeprefix("Text: ").removesuffix("\n")
+        for name in ("dev", "test")
+        for line in Path(f"data/topics/{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    }
+    topic_catalogs = tuple(pattern for patterns in TOPICS.values() for pattern in patterns)
+    extract_gettext(
+        list(PLAN.aligned), Path("data/ui.jsonl"), split="1", settings=FilterSettings(exclude=("iso_*", *topic_catalogs))
+    )
+    rows = [json.loads(line) for line in Path("data/ui.jsonl").read_text(encoding="utf-8").splitlines()]
+    kept = [row for row in rows if row["source"] not in held_out and row["target"] not in held_out]
+    console.print(f"UI pairs outside the topic catalogs: {len(rows)}, {len(rows) - len(kept)} dropped as dev/test text")
+    Path("data/ui-pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+
+
+def subset(split: str, per_label: int) -> str:
+    """The first `per_label` items of each label of a split (ids are hashes: a fixed pseudo-random choice), in every
+    language, as data/SPLIT-PER_LABEL.jsonl."""
+    path, out = Path(f"data/topics/{split}.jsonl"), Path(f"data/{split}-{per_label}.jsonl")
+    if out.is_file():
+        return str(out)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    by_label: dict[str, list[str]] = {}
+    for item in sorted({row["id"] for row in rows}):
+        by_label.setdefault(item.split(":")[0], []).append(item)
+    keep = {item for items in by_label.values() for item in items[:per_label]}
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["id"] in keep), encoding="utf-8")
+    return str(out)
+
+
+def pairs_file(kind: str) -> str:
+    return "data/ui-pairs.jsonl" if kind == "ui" else "data/topics/align-train.jsonl"
+
+
+def train(out: Path, recipe_name: str, mode: str, paths: dict[str, str], overrides: list[str]) -> None:
+    from loramerge.train.run import train_adapter
+
+    if (out / "adapter_model.safetensors").is_file():
+        return
+    data = demo_recipe(recipe_name, PLAN, paths)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    train_adapter(validate_recipe(TrainRecipe, data, f"{out}"), mode, out, overwrite=True)  # type: ignore[arg-type]
+
+
+def train_task(seed: int) -> Path:
+    out = Path(f"seed{seed}/task")
+    train(out, "task", "task", {"data": "data/topics/train.jsonl"}, [f"seed={seed}", f"max_steps={TASK_STEPS}", "max_length=96"])
+    return out
+
+
+def train_align(name: str, seed: int) -> Path:
+    kind, layer, steps = SETTINGS[name]
+    out = Path(f"seed{seed}/align-{name}")
+    train(out, "align", "align", {"pairs": pairs_file(kind)}, [f"seed={seed}", f"align.layer={layer}", f"max_steps={steps}"])
+    return out
+
+
+def train_joint(name: str, seed: int) -> Path:
+    """Task and alignment micro-batches 2:1, so the task data is seen as often as by task-only (300 task steps)."""
+    kind, layer, _ = SETTINGS[name]
+    out = Path(f"seed{seed}/joint-{name}")
+    paths = {"data": "data/topics/train.jsonl", "pairs": pairs_file(kind)}
+    overrides = [
+        f"seed={seed}",
+        f"align.layer={layer}",
+        "max_length=96",
+        f"max_steps={TASK_STEPS * 3 // 2}",
+        "task_per_align=[2,1]",
+    ]
+    train(out, "joint", "task", paths, overrides)
+    return out
+
+
+def merge(task: Path, align: Path, weight: float, out: Path) -> Path:
+    from loramerge.merge.engine import merge_adapters
+
+    if not (out / "adapter_model.safetensors").is_file():
+        recipe = {"sources": [{"path": str(task), "weight": 1.0}, {"path": str(align), "weight": weight}], "method": "cat"}
+        merge_adapters(recipe, out, overwrite=True)
+    return out
+
+
+def scores(data: str, out: str, adapters: dict[str, Path], console: Console) -> dict[str, dict[int, tuple[str, float]]]:
+    rows = prediction_rows(PLAN, Path(data), Path(out), {name: str(path) for name, path in adapters.items()}, console)
+    return {name: {row["line"]: (row["lang"], float(row["score"])) for row in found} for name, found in rows.items()}
+
+
+def by_language(found: dict[int, tuple[str, float]]) -> dict[str, float]:
+    langs: dict[str, list[float]] = {}
+    for lang, score in found.values():
+        langs.setdefault(lang, []).append(score)
+    return {lang: sum(values) / len(values) for lang, values in langs.items()}
+
+
+def transfer_mean(found: dict[int, tuple[str, float]]) -> float:
+    values = [score for lang, score in found.values() if lang in PLAN.transfer]
+    return sum(values) / len(values)
+
+
+def gap(console: Console) -> dict[str, Any]:
+    task = train_task(0)
+    found = scores(subset("dev", 30), "eval/gap", {"task": task}, console)
+    result = {name: by_language(values) for name, values in found.items()}
+    for name, langs in result.items():
+        transfer = sum(langs[lang] for lang in PLAN.transfer) / len(PLAN.transfer)
+        console.print(f"{name}: {langs}  supervised - transfer = {langs['en'] - transfer:.1f}")
+    return result
+
+
+def dev(seeds: list[int], console: Console) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for seed in seeds:
+        task = train_task(seed)
+        adapters: dict[str, Path] = {"task": task}
+        for name in SETTINGS:
+            align = train_align(name, seed)
+            for weight in WEIGHTS:
+                adapters[f"{name}@{weight}"] = merge(task, align, weight, Path(f"seed{seed}/merged-{name}-{weight}"))
+        found = scores(subset("dev", DEV_PER_LABEL), f"eval/dev-seed{seed}", adapters, console)
+        table[str(seed)] = {name: {"transfer": transfer_mean(v), **by_language(v)} for name, v in found.items()}
+    candidates = [name for name in table[str(seeds[0])] if name != "task"]
+    best = max(candidates, key=lambda name: sum(table[str(s)][name]["transfer"] for s in seeds))
+    selection = {"chosen": best, "seeds": seeds, "dev": table}
+    Path("selection.json").write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
+    for name in ["task", *candidates]:
+        cells = " ".join(f"{table[str(s)][name]['transfer']:.1f}" for s in seeds)
+        console.print(f"{name:>22}: dev transfer {cells}")
+    console.print(f"chosen on dev: {best}")
+    return selection
+
+
+def test(seeds: list[int], console: Console) -> dict[str, Any]:
+    if not Path("selection.json").is_file():
+        sys.exit("run the dev stage first: the setting is chosen on dev before test is read")
+    chosen = json.loads(Path("selection.json").read_text())["chosen"]
+    name, weight = chosen.split("@")
+    per_seed = []
+    for seed in seeds:
+        task = train_task(seed)
+        merged = merge(task, train_align(name, seed), float(weight), Path(f"seed{seed}/merged-{name}-{weight}"))
+        joint = train_joint(name, seed)
+        per_seed.append(
+            scores(
+                subset("test", TEST_PER_LABEL), f"eval/test-seed{seed}", {"task": task, "joint": joint, "merged": merged}, console
+            )
+        )
+    comparison = compare(per_seed, PLAN)
+    languages = {variant: [by_language(found[variant]) for found in per_seed] for variant in ("task", "joint", "merged")}
+    wins = {
+        variant: {
+            lang: sum(seed_scores[lang] > languages["task"][i][lang] for i, seed_scores in enumerate(languages[variant]))
+            for lang in PLAN.transfer
+        }
+        for variant in ("joint", "merged")
+    }
+    return {"chosen_on_dev": chosen, "comparison": comparison, "per_language": languages, "wins_over_task": wins}
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("gap", "dev", "test"))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
+    options = parser.parse_args()
+    seeds = [int(seed) for seed in options.seeds.split(",")]
+    console = Console(stderr=True)
+    options.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with working_directory(options.out):
+        build_data(console)
+        result = gap(console) if options.stage == "gap" else {"dev": dev, "test": test}[options.stage](seeds, console)
+        result["seconds"] = round(time.perf_counter() - started)
+        result["command"] = " ".join(sys.argv)
+        Path(f"{options.stage}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if options.stage == "test":
+        print(tables(result["comparison"]))
+        for variant, langs in result["wins_over_task"].items():
+            print(f"{variant}: seeds above task-only per language: {langs}")
+        print(f"chosen on dev: {result['chosen_on_dev']}; {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
