@@ -122,7 +122,6 @@ def merge_module(
     recipe: MergeRecipe,
     settings: MethodSettings,
     num_layers: int,
-    problems: ProblemList,
 ) -> MergedModule:
     contributions, indices, weights, absent = [], [], [], []
     first = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
@@ -282,12 +281,10 @@ def merge_adapters(
             # releases the GIL, and hashing 320 MB costs ~0.23 s, a quarter of an 8B-shaped cat merge.
             hashing = stack.enter_context(ThreadPoolExecutor(max_workers=1)).map(hash_adapter_files, adapters)
             check_finite_inputs(adapters, handles, problems)
-            problems.raise_if_any()  # before any work: a NaN input would fail inside a method
             carried = carry_tensors(adapters, handles, problems)
+            problems.raise_if_any()  # before any work: a NaN input would fail inside a method
             settings = method_settings(recipe)  # resolved once, not per module
-            outputs: Iterable[MergedModule] = (
-                merge_module(n, adapters, handles, recipe, settings, num_layers, problems) for n in names
-            )
+            outputs: Iterable[MergedModule] = (merge_module(n, adapters, handles, recipe, settings, num_layers) for n in names)
             ranks = {name: planned_rank(recipe, adapters, name) for name in names}
             if any(rank is None for rank in ranks.values()):
                 outputs = list(outputs)  # ranks are known only after the work: collect, then write
@@ -301,7 +298,6 @@ def merge_adapters(
                 plan = portable_plan(plan, filled, stored_rank)
                 outputs = portable_outputs(outputs, plan[len(names) :], stored_rank)
             modules = write_weights(staging / WEIGHTS_FILE, outputs, plan, carried, dtype, on_module)
-            problems.raise_if_any()
             list(hashing)  # re-raises a hashing error, if any
             base_model = recipe.base_model or adapters[0].base_model
             stored_ranks = {name: rank for name, _, _, rank, _, _ in plan}
