@@ -227,3 +227,20 @@ def test_the_reported_error_includes_rounding_to_the_output_dtype(
     assert 1e-4 < entry["dtype_relative_error"] < 2e-2
     assert entry["dtype_relative_error"] == pytest.approx(measured, rel=1e-3)
     assert report["max_dtype_relative_error"] >= entry["dtype_relative_error"] and "rounding" in " ".join(result.stderr.split())
+
+
+def test_two_untrained_adapters_give_a_zero_merge_with_a_warning(task_adapter: Path, tmp_path: Path) -> None:
+    """PEFT's initialisation (B = 0) in both inputs: the output is legal, zero, and says so."""
+    zeros = []
+    for name in ("z1", "z2"):
+        folder = copy_adapter(task_adapter, tmp_path / name)
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        save_file(
+            {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
+            str(folder / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        zeros.append(str(folder))
+    result = run(*zeros, "--out", str(tmp_path / "m"))
+    assert result.exit_code == 0, result.output
+    assert "changes nothing" in " ".join(result.stderr.split())
