@@ -63,8 +63,8 @@ def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
     return (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
 
 
-def run_merge_command(merge_recipe: MergeRecipe, out: Path, overwrite: bool) -> MergeResult:
-    with Progress(*progress_columns("merging"), console=console, transient=True) as progress:
+def run_merge_command(merge_recipe: MergeRecipe, out: Path, overwrite: bool, verb: str = "merging") -> MergeResult:
+    with Progress(*progress_columns(verb), console=console, transient=True) as progress:
         task = progress.add_task("", total=None)
 
         def advance(name: str) -> None:
@@ -220,7 +220,7 @@ def export(
         recipe = validate_recipe(
             MergeRecipe, {"sources": [{"path": source}], **flags}, "arguments", {"layout": f"--layout {layout}"}
         )
-        print_merge_summary(run_merge_command(recipe, out, overwrite))
+        print_merge_summary(run_merge_command(recipe, out, overwrite, verb="exporting"))
 
     run_safely(debug, action)
 
