@@ -152,9 +152,16 @@ CONVENTIONS = {
 }
 
 
-# mergekit 0.1.5's registry: normalize is true for ties only; dare_ties, dare_linear and breadcrumbs default to false.
-# loramerge's dare_ties follows the TIES paper's disjoint mean (true); a mergekit recipe ported as is must not.
-NORMALIZE_DEFAULTS = {("mergekit", "dare_ties"): False}
+# mergekit 0.1.5's defaults for the methods both tools have (its registry and GeneralizedTaskArithmeticMerge.spec):
+# normalize is true for ties only, and density is 1 (nothing pruned unless asked). loramerge follows the papers
+# (dare_ties: TIES' disjoint mean; density 0.5); `conventions: mergekit` takes mergekit's, so a mergekit recipe
+# ported as is merges the same. magnitude_prune is mergekit's breadcrumbs at gamma 0.
+PRESET_DEFAULTS: dict[tuple[str, str], dict[str, object]] = {
+    ("mergekit", "ties"): {"normalize": True, "density": 1.0},
+    ("mergekit", "dare_ties"): {"normalize": False, "density": 1.0},
+    ("mergekit", "dare_linear"): {"normalize": False, "density": 1.0},
+    ("mergekit", "magnitude_prune"): {"normalize": False, "density": 1.0},
+}
 
 
 def method_settings(recipe: MergeRecipe) -> MethodSettings:
@@ -176,10 +183,10 @@ def method_settings(recipe: MergeRecipe) -> MethodSettings:
         )
         if getattr(recipe, key) is not None
     }
-    normalize = recipe.normalize
-    if normalize is None:  # the method's default, or the preset's where its tool's default differs
-        normalize = NORMALIZE_DEFAULTS.get((recipe.conventions, recipe.method), METHODS[recipe.method].normalize_default)
-    return MethodSettings(**given, **rules, normalize=normalize)
+    defaults = {"normalize": METHODS[recipe.method].normalize_default}  # the method's, then the preset's tool's
+    defaults |= PRESET_DEFAULTS.get((recipe.conventions or "loramerge", recipe.method), {})
+    resolved = {key: default if getattr(recipe, key) is None else getattr(recipe, key) for key, default in defaults.items()}
+    return MethodSettings(**{**given, **resolved}, **rules)
 
 
 def settings_used(recipe: MergeRecipe) -> dict[str, object]:

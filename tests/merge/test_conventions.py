@@ -95,8 +95,9 @@ def test_a_key_the_method_does_not_read_is_refused(method, key, value):
         MergeRecipe.model_validate({**SOURCES, "method": method, key: value})
 
 
-def test_mergekit_conventions_use_mergekits_per_method_normalize_defaults():
-    """mergekit 0.1.5: normalize defaults to true for ties only (dare_ties, dare_linear, breadcrumbs: false)."""
+def test_mergekit_conventions_use_mergekits_per_method_defaults():
+    """mergekit 0.1.5: normalize defaults to true for ties only (dare_ties, dare_linear, breadcrumbs: false), and
+    density to 1."""
     defaults = {
         (conventions, method): method_settings(MergeRecipe(**SOURCES, method=method, conventions=conventions)).normalize
         for conventions in ("loramerge", "mergekit")
@@ -112,8 +113,11 @@ def test_mergekit_conventions_use_mergekits_per_method_normalize_defaults():
         ("mergekit", "dare_linear"): False,
         ("mergekit", "magnitude_prune"): False,
     }
-    explicit = MergeRecipe(**SOURCES, method="dare_ties", conventions="mergekit", normalize=True)
-    assert method_settings(explicit).normalize is True  # an explicit key overrides the preset
+    explicit = MergeRecipe(**SOURCES, method="dare_ties", conventions="mergekit", normalize=True, density=0.3)
+    assert method_settings(explicit).normalize is True and method_settings(explicit).density == 0.3  # keys win
+    for method in ("ties", "dare_ties", "dare_linear", "magnitude_prune"):  # mergekit prunes nothing unless asked
+        assert method_settings(MergeRecipe(**SOURCES, method=method, conventions="mergekit")).density == 1.0
+        assert method_settings(MergeRecipe(**SOURCES, method=method)).density == 0.5  # the papers' 0.5
 
 
 @pytest.mark.parametrize("method", ["magnitude_prune", "dare_linear"])
