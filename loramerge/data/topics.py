@@ -195,14 +195,12 @@ def build_topic_task(
         by_split: dict[str, list[str]] = {name: [] for name, fraction in fractions.items() if fraction > 0}
         for source in sentences.labels:
             by_split[split_of(source, fractions, seed)].append(source)
+        split_langs = {name: supervised if name == "train" else langs for name in by_split}  # dev/test: every language
         chosen: dict[str, list[str]] = {}
         for name, sources in by_split.items():
-            wanted = supervised if name == "train" else langs  # dev/test: parallel in every language
-            present = [s for s in sources if all(text_in(sentences, s, lang) for lang in wanted)]
+            present = [s for s in sources if all(text_in(sentences, s, lang) for lang in split_langs[name])]
             chosen[name] = balanced(present, sentences.labels, train_per_label if name == "train" else None, seed)
-        records = {
-            name: records_of(sources, supervised if name == "train" else langs, sentences) for name, sources in chosen.items()
-        }
+        records = {name: records_of(sources, split_langs[name], sentences) for name, sources in chosen.items()}
         empty = [name for name, rows in records.items() if not rows]
         if empty:
             raise LoramergeError(

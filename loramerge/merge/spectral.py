@@ -64,13 +64,8 @@ def task_singular_vectors(updates: list[torch.Tensor], dimension: int, task_frac
     if not present:
         return torch.zeros_like(updates[0])
     task_fraction = task_fraction if task_fraction is not None else 1.0 / len(present)
-    updates = present
     keep = max(1, int(task_fraction * dimension))
-    parts = [leading(update, keep) for update in updates]
-    parts = [part for part in parts if part[1].numel() > 0]
-    if not parts:
-        return torch.zeros_like(updates[0])
-    us, ss, vhs = zip(*parts)
+    us, ss, vhs = zip(*(leading(update, keep) for update in present))  # a non-zero update keeps >= 1 triplet
     return alpha * orthogonalised(list(us), list(ss), list(vhs))
 
 
@@ -96,9 +91,10 @@ def isotropic_common_and_specific(
     """Iso-CTS (Marczak et al., ICML 2025): the top singular directions of the sum (common subspace) plus,
     per task, the top directions of its update with the common subspace projected out; all orthogonalised
     and given one isotropic singular value, the mean of the kept ones."""
-    if not nonzero(updates):
+    present = nonzero(updates)  # an all-zero task gets no share of the task-specific directions
+    if not present:
         return torch.zeros_like(updates[0])
-    updates = nonzero(updates)  # an all-zero task gets no share of the task-specific directions
+    updates = present
     common = common_size(dimension, len(updates), common_fraction)
     per_task = (dimension - common) // len(updates)
     u, s, vh = leading(torch.stack(updates).sum(dim=0), common)
