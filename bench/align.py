@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 OUT = Path("bench/out/align")
 ALIGNED = {"en", "fr", "de", "es"}
 UNSEEN = {"ru", "zh_CN", "ja"}
@@ -60,11 +62,17 @@ def summarise(probe: dict, layer: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="bundled:gemma-3-270m")
-    parser.add_argument("--layer", type=int, default=9, help="round(L/2) of Gemma-3-270M's 18 blocks")
+    parser.add_argument("--layer", type=int, default=None, help="default: train-align's, round(L/2) (9 on Gemma-3-270M)")
     parser.add_argument("--steps", type=int, default=400, help="150 steps gave +13 points, 400 gave +50 (BENCHMARKS.md)")
     parser.add_argument("--pairs", type=int, default=3000, help="training pairs (fr, de, es)")
     parser.add_argument("--probe-sentences", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 steps, 50 probe sentences: a smoke run")
+    parser.add_argument(
+        "--keep-first-token",
+        action="store_true",
+        help="probe with the first token in the mean, as runs 1 and 2 were; training skips it, so on SmolLM2 this "
+        "measures a fraction of the gain (BENCHMARKS.md, issue 21)",
+    )
     options = parser.parse_args()
     if options.quick:
         options.steps, options.probe_sentences = 20, 50
@@ -81,8 +89,7 @@ def main() -> None:
         options.model,
         "--pairs",
         str(pairs),
-        "--layer",
-        str(options.layer),
+        *(["--layer", str(options.layer)] if options.layer is not None else []),
         "--max-steps",
         str(options.steps),
         "--set",
@@ -100,27 +107,30 @@ def main() -> None:
         "--model",
         options.model,
         "--adapter",
-        str(OUT / "adapter"),
+        f"align={OUT / 'adapter'}",
         "--pairs",
         str(OUT / "multi-test.jsonl"),
         "--max-sentences",
         str(options.probe_sentences),
-        "--keep-first-token",  # how BENCHMARKS.md's runs 1 and 2 were probed (the CLI's default until 2026-11-25)
+        # the pooling training used (skip), unless asked for runs 1 and 2's (keep: the CLI's default until 2026-11-25)
+        "--keep-first-token" if options.keep_first_token else "--skip-first-token",
         "--out",
         str(OUT / "probe"),
         "--overwrite",
     )
     probe = json.loads((OUT / "probe" / "probe.json").read_text())
+    layer = yaml.safe_load((OUT / "adapter" / "recipe.yaml").read_text())["align"]["layer"]
     summary = {
-        "layer": options.layer,
+        "layer": layer,
+        "keep_first_token": options.keep_first_token,
         "steps": options.steps,
         "training_pairs": options.pairs,
         "seconds": times,
-        "accuracy": summarise(probe, options.layer),
+        "accuracy": summarise(probe, layer),
     }
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    base, adapter = summary["accuracy"]["base"], summary["accuracy"][str(OUT / "adapter")]
-    print(f"\n| directions at layer {options.layer} | base | aligned adapter | gain (points) |\n|---|---|---|---|")
+    base, adapter = summary["accuracy"]["base"], summary["accuracy"]["align"]
+    print(f"\n| directions at layer {layer} | base | aligned adapter | gain (points) |\n|---|---|---|---|")
     for group in ("aligned", "unseen", "all"):
         print(f"| {group} | {base[group]:.3f} | {adapter[group]:.3f} | {100 * (adapter[group] - base[group]):+.1f} |")
     print(f"\nseconds: {times}")

@@ -138,18 +138,20 @@ def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int,
     return {variant: {row["line"]: (row["lang"], float(row["score"])) for row in found} for variant, found in rows.items()}
 
 
-def compare(per_seed: list[dict[str, dict[int, tuple[str, float]]]], plan: DemoPlan) -> dict[str, Any]:
-    """Per group: each variant's mean with its interval, and joint - task, merged - task paired."""
+def compare(
+    per_seed: list[dict[str, dict[int, tuple[str, float]]]], plan: DemoPlan, variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
+    """Per group: each variant's mean with its interval, and every other variant - task paired."""
     result: dict[str, Any] = {}
     lines = sorted(per_seed[0]["task"])
     for group, languages in language_groups(plan).items():
         items = [line for line in lines if per_seed[0]["task"][line][0] in languages]
-        scores = {v: [{line: seed[v][line][1] for line in items} for seed in per_seed] for v in VARIANTS}
+        scores = {v: [{line: seed[v][line][1] for line in items} for seed in per_seed] for v in variants}
         zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
         entry: dict[str, Any] = {"items": len(items)}
-        for variant in VARIANTS:
+        for variant in variants:
             entry[variant] = bootstrap_interval(paired_scores(scores[variant], zero, items)).to_json()
-        for variant in ("joint", "merged"):
+        for variant in variants[1:]:
             difference = paired_scores(scores[variant], scores["task"], items)
             entry[f"{variant} - task"] = bootstrap_interval(difference).to_json()
         result[group] = entry
@@ -166,15 +168,21 @@ def interval_cell(entry: dict[str, float], signed: bool = False) -> str:
     return f"{entry['mean']:{sign}.1f} [{entry['low']:{sign}.1f}, {entry['high']:{sign}.1f}]"
 
 
-def tables(comparison: dict[str, Any]) -> str:
-    lines = [
-        "| group | test items / seed | task-only | joint | merged | joint - task | merged - task | detectable (joint, merged) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+def tables(comparison: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> str:
+    tuned = variants[1:]
+    header = [
+        "group",
+        "test items / seed",
+        "task-only",
+        *tuned,
+        *(f"{v} - task" for v in tuned),
+        f"detectable ({', '.join(tuned)})",
     ]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for group, entry in comparison.items():
-        cells = [interval_cell(entry[v]) for v in VARIANTS]
-        cells += [interval_cell(entry[f"{v} - task"], signed=True) for v in ("joint", "merged")]
-        cells.append(f"{entry['joint - task']['detectable']:.1f}, {entry['merged - task']['detectable']:.1f}")
+        cells = [interval_cell(entry[v]) for v in variants]
+        cells += [interval_cell(entry[f"{v} - task"], signed=True) for v in tuned]
+        cells.append(", ".join(f"{entry[f'{v} - task']['detectable']:.1f}" for v in tuned))
         lines.append(f"| {group} | {entry['items']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
