@@ -3,8 +3,15 @@ language, currency), each trained on bundled Gemma-3-270M, merged by cat, ties, 
 every method's documented defaults and weight 1 each, scored per task with `loramerge eval`.
 
     .venv/bin/python bench/merge_quality.py [--seeds 0,1,2] [--out bench/out/merge-quality] [--quick]
+    .venv/bin/python bench/merge_quality.py --chosen --seeds 0,1      # every method at its scale chosen on dev
 
-Protocol: nothing is chosen (defaults only), so there is no dev selection and the test split is read once.
+Protocol (defaults): nothing is chosen, so there is no dev selection and the test split is read once.
+Protocol (--chosen, issue 23): per seed, `merge --search methods`'s default grid (method_grid.py: cat x 1/3, 0.5,
+1; ties at density 0.3/0.5/0.7; tsv, iso_c, iso_cts at alpha 1/3, 0.5, 1) is scored on the DEV split (en + fr,
+the three kinds, objective: the mean over kinds); each method keeps its best candidate, and the grid's overall
+winner is what `merge --search methods` would write. At rank 16 the same for `svd` (the sum's best rank-16 form)
+and for the core-space methods at their full-rank dev-chosen alpha, merge-then-truncate (subspace merged) beside
+Compress-then-Merge (subspace shared); at rank 8 the best core method both ways. Then TEST is read once.
 Items: every test entity of a kind, in the training languages en and fr (the adapters learn one kind each;
 cross-lingual transfer is not what this measures). Each task adapter alone on its own kind is the ceiling a
 merge can approach; "kept" is a method's score over that ceiling. Per method and task: the mean over seeds and
@@ -26,7 +33,9 @@ from rich.console import Console
 from loramerge.cli.support import quiet_libraries
 from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, working_directory
 from loramerge.evaluate.confidence import bootstrap_interval, paired_scores
-from loramerge.recipes import apply_override, validate_recipe
+from loramerge.merge.method_grid import method_candidates
+from loramerge.merge.recipe import MergeRecipe
+from loramerge.recipes import apply_override, set_path, validate_recipe
 from loramerge.train.recipe import TrainRecipe
 
 KINDS = ("country", "language", "currency")
@@ -123,12 +132,217 @@ def tables(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CORE = ("tsv", "iso_c", "iso_cts")  # the core-space methods, the ones `subspace: shared` applies to
+RANKS = (16, 8)
+
+
+def family(label: str) -> str:
+    """'cat x0.333' -> 'cat', 'ties density=0.3' -> 'ties': a grid candidate's method."""
+    return label.split()[0]
+
+
+def by_kind_records(paths: dict[str, Path], out: Path) -> list[Any]:
+    """Every kind's items with `lang` set to the kind, so that a search's "all" objective is the mean over the
+    three tasks (macro over kinds) and its per-language table is a per-task one."""
+    from loramerge.data.records import read_task_file
+
+    rows = [
+        {**json.loads(line), "lang": kind}
+        for kind, path in paths.items()
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return read_task_file(out)
+
+
+def dev_search(
+    adapters: list[Path], rank: int | None, pairs: list[tuple[str, dict[str, Any]]], evaluator: Any, dev: list[Any], out: Path
+) -> list[dict[str, Any]]:
+    """Score the candidates (label, recipe changes) on dev; cached in out."""
+    from loramerge.merge.search import Candidate, run_search
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    recipe = validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid")
+    rows = run_search(recipe, [Candidate(label, changes) for label, changes in pairs], evaluator, dev, None)
+    found = [
+        {"label": row.candidate.label, "changes": row.candidate.changes, "dev": row.means["all"], "kinds": row.languages}
+        for row in rows
+    ]
+    out.write_text(json.dumps(found, indent=1) + "\n")
+    return found
+
+
+def grid_base(adapters: list[Path], rank: int | None) -> dict[str, Any]:
+    return {"sources": [{"path": str(path)} for path in adapters], "method": "svd" if rank else "cat", "rank": rank}
+
+
+def best_per_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each method's best dev candidate (ties go to the earlier, as in `merge --search`)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        name = family(row["label"])
+        if name not in best or row["dev"] > best[name]["dev"]:
+            best[name] = row
+    return best
+
+
+def merge_candidate(adapters: list[Path], rank: int | None, changes: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Merge one chosen candidate into out (reused); returns each task's mean retained share, where reported."""
+    from loramerge.merge.engine import merge_adapters
+
+    if not (out / "adapter_model.safetensors").is_file():
+        data = grid_base(adapters, rank)
+        for key, value in changes.items():
+            set_path(data, key, value, "merge_quality")
+        merge_adapters(data, out, overwrite=True)
+    modules = json.loads((out / "merge_report.json").read_text())["modules"]
+    shares = [entry["task_retained"] for entry in modules.values() if "task_retained" in entry]
+    return {"task_retained": [sum(s[i] for s in shares) / len(shares) for i in range(len(adapters))]} if shares else {}
+
+
+def test_scores(evaluator: Any, adapters: dict[str, Path], records: list[Any]) -> dict[str, dict[int, float]]:
+    found = {}
+    for name, path in adapters.items():
+        evaluator.add_adapter(name, path)
+        found[name] = {p.record.line: p.score for p in evaluator.evaluate(name, records).predictions}
+        evaluator.remove_adapter(name)
+    return found
+
+
+def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any], test: list[Any]) -> dict[str, Any]:
+    """Dev selection, then one test read, for one seed; cached in seed{seed}/chosen.json."""
+    cache = Path(f"seed{seed}/chosen.json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    full = dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, Path(f"seed{seed}/dev-full.json"))
+    chosen = {f"{name} (full rank)": (None, row) for name, row in best_per_method(full).items()}
+    winner = max(full, key=lambda row: (row["dev"], -full.index(row)))
+    alphas = {name: chosen[f"{name} (full rank)"][1]["changes"] for name in CORE}
+    svd = [(label, changes) for label, changes in method_pairs(adapters, 16) if family(label) == "svd"]
+    svd_rows = dev_search(adapters, 16, svd, evaluator, dev, Path(f"seed{seed}/dev-svd16.json"))
+    chosen["svd (rank 16)"] = (16, best_per_method(svd_rows)["svd"])
+    best_core = max(CORE, key=lambda name: chosen[f"{name} (full rank)"][1]["dev"])
+    for rank in RANKS:
+        for name in CORE if rank == 16 else (best_core,):
+            for subspace in ("merged", "shared"):
+                row = {
+                    "label": f"{chosen[f'{name} (full rank)'][1]['label']} {subspace}",
+                    "changes": {**alphas[name], "subspace": subspace},
+                }
+                chosen[f"{name} {subspace} (rank {rank})"] = (rank, row)
+    test_adapters, retained = {}, {}
+    for name, (rank, row) in chosen.items():
+        folder = Path(f"seed{seed}/chosen/{name.replace(' ', '_').replace('(', '').replace(')', '')}")
+        retained[name] = merge_candidate(adapters, rank, row["changes"], folder)
+        test_adapters[name] = folder
+    scores = test_scores(evaluator, test_adapters, test)
+    for kind, path in zip(KINDS, adapters):
+        own = [record for record in test if record.lang == kind]
+        scores[f"task-{kind}"] = test_scores(evaluator, {f"task-{kind}": path}, own)[f"task-{kind}"]
+    result = {
+        "chosen": {name: {"rank": rank, "label": row["label"], "dev": row.get("dev")} for name, (rank, row) in chosen.items()},
+        "search_winner": f"{winner['label']} (full rank)",
+        "retained": retained,
+        "scores": {name: {str(line): score for line, score in found.items()} for name, found in scores.items()},
+    }
+    cache.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def method_pairs(adapters: list[Path], rank: int | None) -> list[tuple[str, dict[str, Any]]]:
+    """`merge --search methods`'s default grid for these adapters (svd instead of cat at a rank)."""
+    return method_candidates(validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid"))
+
+
+def chosen_summary(per_seed: list[dict[str, Any]], kinds_of_lines: dict[int, str]) -> dict[str, Any]:
+    """Per variant: each task's mean [interval] over seeds x items, the mean of the three, kept share of the
+    own adapters' mean; shared - merged paired per rank."""
+    names = list(per_seed[0]["chosen"])
+    summary: dict[str, Any] = {"variants": {}, "shared - merged": {}}
+    own: dict[str, float] = {}
+    for kind in KINDS:
+        items = sorted(line for line, found in kinds_of_lines.items() if found == kind)
+        zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
+        scores = {
+            n: [{line: seed["scores"][n][str(line)] for line in items} for seed in per_seed] for n in [*names, f"task-{kind}"]
+        }
+        own[kind] = bootstrap_interval(paired_scores(scores[f"task-{kind}"], zero, items)).to_json()
+        for name in names:
+            summary["variants"].setdefault(name, {})[kind] = bootstrap_interval(
+                paired_scores(scores[name], zero, items)
+            ).to_json()
+        for name in names:
+            if " shared " in name:
+                other = name.replace(" shared ", " merged ")
+                difference = bootstrap_interval(paired_scores(scores[name], scores[other], items)).to_json()
+                summary["shared - merged"].setdefault(name.replace(" shared", ""), {})[kind] = difference
+    own_mean = sum(entry["mean"] for entry in own.values()) / len(KINDS)
+    summary["own"] = {**own, "mean": own_mean}
+    for kinds in summary["variants"].values():
+        mean = sum(kinds[kind]["mean"] for kind in KINDS) / len(KINDS)
+        kinds["mean"], kinds["kept"] = mean, (mean / own_mean if own_mean else float("nan"))  # --quick: nothing learnt
+    return summary
+
+
+def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> str:
+    lines = [
+        "| variant | chosen on dev, per seed | " + " | ".join(KINDS) + " | mean | kept |",
+        "|---|---|" + "---:|" * (len(KINDS) + 2),
+    ]
+    own = summary["own"]
+    lines.append("| each task's own adapter | - | " + " | ".join(cell(own[k]) for k in KINDS) + f" | {own['mean']:.1f} | 100 % |")
+    for name, kinds in summary["variants"].items():
+        labels = " / ".join(seed["chosen"][name]["label"] for seed in per_seed)
+        cells = " | ".join(cell(kinds[k]) for k in KINDS)
+        lines.append(f"| {name} | {labels} | {cells} | {kinds['mean']:.1f} | {100 * kinds['kept']:.0f} % |")
+    lines += [
+        "",
+        "| shared - merged (same alpha) | " + " | ".join(KINDS) + " | retained share per task, merged -> shared (seed 0) |",
+        "|---|" + "---:|" * (len(KINDS) + 1),
+    ]
+    for name, kinds in summary["shared - merged"].items():
+        shared, merged = (
+            per_seed[0]["retained"][name.replace(" (", " shared (")],
+            per_seed[0]["retained"][name.replace(" (", " merged (")],
+        )
+        share = ", ".join(f"{m:.2f} -> {s:.2f}" for m, s in zip(merged.get("task_retained", []), shared.get("task_retained", [])))
+        lines.append(f"| {name} | " + " | ".join(cell(kinds[k], signed=True) for k in KINDS) + f" | {share} |")
+    lines.append("\nsearch winner per seed (`merge --search methods`): " + ", ".join(seed["search_winner"] for seed in per_seed))
+    return "\n".join(lines)
+
+
+def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console) -> str:
+    from loramerge.evaluate.evaluator import Evaluator
+
+    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
+    dev = by_kind_records(
+        split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev"), LANGUAGES), Path("data/by-kind/dev-kinds.jsonl")
+    )
+    test = by_kind_records(
+        split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES), Path("data/by-kind/test-kinds.jsonl")
+    )
+    kinds_of_lines = {record.line: record.lang for record in test}
+    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    per_seed = []
+    for seed in seeds:
+        console.rule(f"seed {seed}")
+        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        per_seed.append(chosen_seed(seed, adapters, evaluator, dev, test))
+    summary = chosen_summary(per_seed, kinds_of_lines)
+    Path("chosen.json").write_text(
+        json.dumps({"seeds": seeds, "summary": summary, "per_seed_chosen": [s["chosen"] for s in per_seed]}, indent=1) + "\n"
+    )
+    return chosen_tables(summary, per_seed)
+
+
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("bench/out/merge-quality"))
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
+    parser.add_argument("--chosen", action="store_true", help="every method at its scale chosen on dev (issue 23)")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
     seeds = [int(seed) for seed in options.seeds.split(",")]
@@ -138,6 +352,10 @@ def main() -> None:
     with working_directory(options.out):
         if not Path("data/task/test.jsonl").is_file():
             build_data(plan, console)
+        if options.chosen:
+            print(chosen_stage(plan, seeds, console))
+            print(f"\n{len(seeds)} seeds; exact match, percent, mean [95 % interval]; {time.perf_counter() - started:.0f} s")
+            return
         train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
         test_files = split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES)
         test = Path("data/by-kind/test-all.jsonl")
