@@ -168,12 +168,9 @@ def probe_test(base: Base, name: str, sentences: int) -> dict[str, dict[str, flo
     return result
 
 
-def group_mean(row: dict[str, float], languages: tuple[str, ...]) -> float:
-    return sum(row[f"eval_retrieval_{lang}"] for lang in languages) / len(languages)
-
-
-def group_mean_of(per_language: dict[str, float], languages: tuple[str, ...]) -> float:
-    return sum(per_language[lang] for lang in languages) / len(languages)
+def group_mean(per_language: dict[str, float], languages: tuple[str, ...], prefix: str = "") -> float:
+    """Mean over languages of per_language[prefix + language] (prefix 'eval_retrieval_' for a training-log row)."""
+    return sum(per_language[f"{prefix}{lang}"] for lang in languages) / len(languages)
 
 
 def main() -> None:
@@ -191,7 +188,6 @@ def main() -> None:
     study = {}
     for name in options.settings.split(","):
         study[name] = train(base, name, pairs, dev, steps, options.eval_every)
-    (base.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     aligned_names, unaligned_names = ", ".join(base.aligned), ", ".join(base.unaligned)
     print(
         f"\n| setting | overrides | aligned ({aligned_names}) by step | {unaligned_names} (no alignment data) by step | seconds |"
@@ -199,8 +195,8 @@ def main() -> None:
     print("|---|---|---|---|---:|")
     for name, entry in study.items():
         rows = entry["curve"]
-        aligned = " ".join(f"{100 * group_mean(r, base.aligned):.1f}" for r in rows)
-        unaligned = " ".join(f"{100 * group_mean(r, base.unaligned):.1f}" for r in rows)
+        aligned = " ".join(f"{100 * group_mean(r, base.aligned, 'eval_retrieval_'):.1f}" for r in rows)
+        unaligned = " ".join(f"{100 * group_mean(r, base.unaligned, 'eval_retrieval_'):.1f}" for r in rows)
         print(f"| {name} | {' '.join(entry['overrides']) or '-'} | {aligned} | {unaligned} | {entry['seconds']} |")
     print(f"\nsteps: {' '.join(str(r['step']) for r in next(iter(study.values()))['curve'])}")
     if base.recipe is None:  # the defaults bases: the same question on the test split, measured by `loramerge probe`
@@ -212,11 +208,11 @@ def main() -> None:
             for score in ("margin", "cosine"):
                 before, after = probed[f"base {score}"], probed[f"align {score}"]
                 cells = [
-                    f"{100 * group_mean_of(before, langs):.1f} -> {100 * group_mean_of(after, langs):.1f}"
+                    f"{100 * group_mean(before, langs):.1f} -> {100 * group_mean(after, langs):.1f}"
                     for langs in (base.aligned, base.unaligned)
                 ]
                 print(f"| {name} | {score}, layer {before['layer']} | " + " | ".join(cells) + " |")
-        (base.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    (base.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
 
 
 if __name__ == "__main__":

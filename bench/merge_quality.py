@@ -163,8 +163,7 @@ def dev_search(
 
     if out.is_file():
         return json.loads(out.read_text())
-    recipe = validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid")
-    rows = run_search(recipe, [Candidate(label, changes) for label, changes in pairs], evaluator, dev, None)
+    rows = run_search(grid_recipe(adapters, rank), [Candidate(label, changes) for label, changes in pairs], evaluator, dev, None)
     found = [
         {"label": row.candidate.label, "changes": row.candidate.changes, "dev": row.means["all"], "kinds": row.languages}
         for row in rows
@@ -175,6 +174,10 @@ def dev_search(
 
 def grid_base(adapters: list[Path], rank: int | None) -> dict[str, Any]:
     return {"sources": [{"path": str(path)} for path in adapters], "method": "svd" if rank else "cat", "rank": rank}
+
+
+def grid_recipe(adapters: list[Path], rank: int | None) -> MergeRecipe:
+    return validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid")
 
 
 def best_per_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -252,7 +255,7 @@ def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any],
 
 def method_pairs(adapters: list[Path], rank: int | None) -> list[tuple[str, dict[str, Any]]]:
     """`merge --search methods`'s default grid for these adapters (svd instead of cat at a rank)."""
-    return method_candidates(validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid"))
+    return method_candidates(grid_recipe(adapters, rank))
 
 
 def chosen_summary(per_seed: list[dict[str, Any]], kinds_of_lines: dict[int, str]) -> dict[str, Any]:

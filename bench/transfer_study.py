@@ -208,15 +208,24 @@ def test(seeds: list[int], console: Console) -> dict[str, Any]:
             )
         )
     comparison = compare(per_seed, PLAN)
-    languages = {variant: [by_language(found[variant]) for found in per_seed] for variant in ("task", "joint", "merged")}
+    languages, wins = per_language_wins(per_seed, ("task", "joint", "merged"))
+    return {"chosen_on_dev": chosen, "comparison": comparison, "per_language": languages, "wins_over_task": wins}
+
+
+def per_language_wins(
+    per_seed: list[dict[str, dict[int, tuple[str, float]]]], variants: tuple[str, ...]
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, dict[str, int]]]:
+    """Each variant's per-language means per seed, and per tuned variant and transfer language the number of
+    seeds above task-only (variants[0])."""
+    languages = {variant: [by_language(found[variant]) for found in per_seed] for variant in variants}
     wins = {
         variant: {
-            lang: sum(seed_scores[lang] > languages["task"][i][lang] for i, seed_scores in enumerate(languages[variant]))
+            lang: sum(seed_scores[lang] > languages[variants[0]][i][lang] for i, seed_scores in enumerate(languages[variant]))
             for lang in PLAN.transfer
         }
-        for variant in ("joint", "merged")
+        for variant in variants[1:]
     }
-    return {"chosen_on_dev": chosen, "comparison": comparison, "per_language": languages, "wins_over_task": wins}
+    return languages, wins
 
 
 EXTEND_PER_LABEL = 60  # items 30..89 of each label: 360 fresh test items a language, twice the first read's
@@ -244,15 +253,12 @@ def extend(seeds: list[int], console: Console) -> dict[str, Any]:
         found = scores(data, f"eval/test2-seed{seed}", adapters, console)
         second.append({variant: {SECOND_READ + line: v for line, v in rows.items()} for variant, rows in found.items()})
     both = [{v: {**a[v], **b[v]} for v in EXTENDED} for a, b in zip(first, second, strict=True)]
-    languages = {variant: [by_language(found[variant]) for found in both] for variant in EXTENDED}
+    languages, wins = per_language_wins(both, EXTENDED)
     return {
         "second read": compare(second, PLAN, EXTENDED),
         "both reads": compare(both, PLAN, EXTENDED),
         "per_language_both": languages,
-        "joint_above_task": {
-            lang: sum(languages["joint"][i][lang] > languages["task"][i][lang] for i in range(len(seeds)))
-            for lang in PLAN.transfer
-        },
+        "joint_above_task": wins["joint"],
     }
 
 
