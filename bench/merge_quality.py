@@ -4,6 +4,7 @@ every method's documented defaults and weight 1 each, scored per task with `lora
 
     .venv/bin/python bench/merge_quality.py [--seeds 0,1,2] [--out bench/out/merge-quality] [--quick]
     .venv/bin/python bench/merge_quality.py --chosen --seeds 0,1      # every method at its scale chosen on dev
+    .venv/bin/python bench/merge_quality.py --dev-ties 0.7,0.8,0.9,1 --seeds 0,1   # dev only: ties' densities
 
 Protocol (defaults): nothing is chosen, so there is no dev selection and the test split is read once.
 Protocol (--chosen, issue 23): per seed, `merge --search methods`'s default grid (method_grid.py: cat x 1/3, 0.5,
@@ -339,6 +340,25 @@ def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console) -> str:
     return chosen_tables(summary, per_seed)
 
 
+def ties_dev_stage(plan: DemoPlan, seeds: list[int], densities: list[float]) -> str:
+    """DEV only (no test read): ties at each density, per seed, on the `--chosen` stage's adapters and dev items."""
+    from loramerge.evaluate.evaluator import Evaluator
+    from loramerge.merge.method_grid import ALL_KEYS
+
+    dev = by_kind_records(
+        split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev"), LANGUAGES), Path("data/by-kind/dev-kinds.jsonl")
+    )
+    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
+    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    candidates = [(f"ties density={d:g}", {**dict.fromkeys(ALL_KEYS), "method": "ties", "density": d}) for d in densities]
+    lines = ["| seed | " + " | ".join(label for label, _ in candidates) + " |", "|---|" + "---:|" * len(candidates)]
+    for seed in seeds:
+        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        rows = dev_search(adapters, None, candidates, evaluator, dev, Path(f"seed{seed}/dev-ties-extra.json"))
+        lines.append(f"| {seed} | " + " | ".join(f"{row['dev']:.1f}" for row in rows) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -346,6 +366,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/merge-quality"))
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
     parser.add_argument("--chosen", action="store_true", help="every method at its scale chosen on dev (issue 23)")
+    parser.add_argument("--dev-ties", default=None, help="dev only: ties at these densities, e.g. 0.7,0.8,0.9,1")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
     seeds = [int(seed) for seed in options.seeds.split(",")]
@@ -355,6 +376,9 @@ def main() -> None:
     with working_directory(options.out):
         if not Path("data/task/test.jsonl").is_file():
             build_data(plan, console)
+        if options.dev_ties:
+            print(ties_dev_stage(plan, seeds, [float(d) for d in options.dev_ties.split(",")]))
+            return
         if options.chosen:
             print(chosen_stage(plan, seeds, console))
             print(f"\n{len(seeds)} seeds; exact match, percent, mean [95 % interval]; {time.perf_counter() - started:.0f} s")
