@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from common import run_loramerge
 
 OUT = Path("bench/out/align")
 ALIGNED = {"en", "fr", "de", "es"}
 UNSEEN = {"ru", "zh_CN", "ja"}
-
-
-def run(*args: str) -> float:
-    """Run one loramerge command; return its wall time in seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "loramerge", *args], check=True)
-    return time.perf_counter() - start
 
 
 def training_pairs(split: Path, languages: set[str], limit: int) -> Path:
@@ -71,19 +62,19 @@ def main() -> None:
         "--keep-first-token",
         action="store_true",
         help="probe with the first token in the mean, as runs 1 and 2 were; training skips it, so on SmolLM2 this "
-        "measures a fraction of the gain (BENCHMARKS.md, issue 21)",
+        "measures a fraction of the gain (BENCHMARKS.md, Default train-align on SmolLM2)",
     )
     options = parser.parse_args()
     if options.quick:
         options.steps, options.probe_sentences = 20, 50
     OUT.mkdir(parents=True, exist_ok=True)
     times = {
-        "extract": run(
+        "extract": run_loramerge(
             "data", "gettext", "--langs", "fr,de,es,ru,zh_CN,ja", "--multiway", "--out", str(OUT / "multi.jsonl"), "--overwrite"
         )
     }
     pairs = training_pairs(OUT / "multi-train.jsonl", {"fr", "de", "es"}, options.pairs)
-    times["train_align"] = run(
+    times["train_align"] = run_loramerge(
         "train-align",
         "--model",
         options.model,
@@ -102,7 +93,7 @@ def main() -> None:
         str(OUT / "adapter"),
         "--overwrite",
     )
-    times["probe"] = run(
+    times["probe"] = run_loramerge(
         "probe",
         "--model",
         options.model,

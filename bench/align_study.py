@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from common import first_groups, run_loramerge
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ BASES = {
     "gemma": Base(Path("bench/out/align-defaults/gemma"), None, "bundled:gemma-3-270m", ("fr", "de", "es"), ("ru", "ja"), 700),
 }
 
-# name -> overrides of recipes/demo/align.yaml; each tests one hypothesis of issue 14 (BENCHMARKS.md, study)
+# name -> overrides of recipes/demo/align.yaml; each tests one hypothesis of issue 14 (BENCHMARKS.md, "Alignment study")
 SETTINGS: dict[str, list[str]] = {
     "defaults": [],
     "demo": [],
@@ -65,21 +64,6 @@ SETTINGS: dict[str, list[str]] = {
     "center-tau0.05": ["align.center=true", "align.temperature=0.05"],
     "center-lr2e-4": ["align.center=true", "optimizer.learning_rate=2e-4"],
 }
-
-
-def run(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "loramerge", *args], check=True)
-    return time.perf_counter() - start
-
-
-def first_groups(multiway: Path, groups: int, out: Path) -> Path:
-    """The first `groups` English sentences of a multiway file with all their translations."""
-    rows = [json.loads(line) for line in multiway.read_text(encoding="utf-8").splitlines()]
-    keep = list(dict.fromkeys(row["source"] for row in rows))[:groups]
-    chosen = set(keep)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["source"] in chosen), encoding="utf-8")
-    return out
 
 
 def some_pairs(pairs: Path, per_language: int, out: Path) -> Path:
@@ -101,9 +85,11 @@ def build_data(base: Base, groups: int) -> tuple[Path, Path]:
     pairs, probe = data / "pairs.jsonl", data / "probe.jsonl"
     if not (data / "pairs-train.jsonl").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        run("data", "gettext", "--langs", ",".join(base.aligned), "--exclude", "iso_*", "--out", str(pairs), "--overwrite")
+        run_loramerge(
+            "data", "gettext", "--langs", ",".join(base.aligned), "--exclude", "iso_*", "--out", str(pairs), "--overwrite"
+        )
         langs = ",".join((*base.aligned, *base.unaligned))
-        run("data", "gettext", "--langs", langs, "--multiway", "--exclude", "iso_*", "--out", str(probe), "--overwrite")
+        run_loramerge("data", "gettext", "--langs", langs, "--multiway", "--exclude", "iso_*", "--out", str(probe), "--overwrite")
     dev = first_groups(data / "probe-dev.jsonl", groups, data / f"probe-dev-{groups}.jsonl")
     train_pairs = data / "pairs-train.jsonl"
     if base.pairs_per_language is not None:
@@ -133,7 +119,7 @@ def train(base: Base, name: str, pairs: Path, dev: Path, steps: int | None, ever
     args += ["--recipe", base.recipe] if base.recipe else ["--model", str(base.model)]
     for setting in settings:
         args += ["--set", setting]
-    seconds = run(*args)
+    seconds = run_loramerge(*args)
     # the run folder is removed on success; the adapter keeps the final metrics, the curve is in the log copy
     metrics = folder / "adapter" / "metrics.jsonl"
     entry = {"overrides": overrides, "seconds": round(seconds, 1), "curve": curve(metrics)}
@@ -154,7 +140,7 @@ def probe_test(base: Base, name: str, sentences: int) -> dict[str, dict[str, flo
         data = base.out / "data"
         pairs = first_groups(data / "probe-test.jsonl", sentences, data / f"probe-test-{sentences}.jsonl")
         args = ["probe", "--model", str(base.model), "--pairs", str(pairs), "--adapter", f"align={adapter}"]
-        run(*args, "--layers", str(layer), "--out", str(out), "--overwrite")
+        run_loramerge(*args, "--layers", str(layer), "--out", str(out), "--overwrite")
     variants = json.loads((out / "probe.json").read_text())["variants"]
     result: dict[str, dict[str, float]] = {}
     for variant, scored in variants.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quality import prediction_rows, train  # bench/ is on sys.path as a script
+from common import prediction_rows, train_demo_variant
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
@@ -74,7 +74,9 @@ def main() -> None:
     with working_directory(options.out):
         if not Path("data/task/dev.jsonl").is_file():
             build_data(FULL, console)
-        train("task", "task", "task", FULL, {"data": "data/task/train.jsonl"}, options.seed, [])
+        train_demo_variant(
+            Path(f"seed{options.seed}/task"), "task", "task", FULL, {"data": "data/task/train.jsonl"}, [f"seed={options.seed}"]
+        )
         dev = [json.loads(line) for line in Path("data/task/dev.jsonl").read_text(encoding="utf-8").splitlines()]
         rows = prediction_rows(
             FULL, Path("data/task/dev.jsonl"), Path(f"seed{options.seed}/eval-dev"), {"task": f"seed{options.seed}/task"}, console

@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import interval_cell, paired_intervals, prediction_rows, train_demo_variant
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, working_directory
+from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, working_directory
 from loramerge.evaluate.confidence import bootstrap_interval, paired_scores
 from loramerge.merge.method_grid import method_candidates
 from loramerge.merge.recipe import MergeRecipe
-from loramerge.recipes import apply_override, set_path, validate_recipe
-from loramerge.train.recipe import TrainRecipe
+from loramerge.recipes import set_path, validate_recipe
 
 KINDS = ("country", "language", "currency")
 METHODS = ("cat", "ties", "tsv", "iso_c", "iso_cts")
@@ -67,14 +67,7 @@ def split_by_kind(source: Path, folder: Path, languages: tuple[str, ...] | None)
 
 
 def train_kind(kind: str, data: Path, plan: DemoPlan, seed: int) -> Path:
-    from loramerge.train.run import train_adapter
-
-    out = Path(f"seed{seed}/task-{kind}")
-    if not (out / "adapter_model.safetensors").is_file():
-        recipe = demo_recipe("task", plan, {"data": str(data)})
-        apply_override(recipe, f"seed={seed}")
-        train_adapter(validate_recipe(TrainRecipe, recipe, f"task-{kind} seed {seed}"), "task", out, overwrite=True)
-    return out
+    return train_demo_variant(Path(f"seed{seed}/task-{kind}"), "task", "task", plan, {"data": str(data)}, [f"seed={seed}"])
 
 
 def merge_all(adapters: list[Path], seed: int) -> dict[str, Path]:
@@ -91,8 +84,6 @@ def merge_all(adapters: list[Path], seed: int) -> dict[str, Path]:
 
 def evaluate(names: dict[str, Path], test: Path, plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, float]]:
     """adapter name -> test line -> item score."""
-    from quality import prediction_rows  # bench/ is on sys.path when this file runs as a script
-
     rows = prediction_rows(plan, test, Path(f"seed{seed}/eval"), {name: str(path) for name, path in names.items()}, console)
     return {name: {row["line"]: float(row["score"]) for row in found} for name, found in rows.items()}
 
@@ -102,21 +93,8 @@ def compare(per_seed: list[dict[str, dict[int, float]]], kinds_of_lines: dict[in
     result: dict[str, Any] = {}
     for kind in KINDS:
         items = sorted(line for line, found in kinds_of_lines.items() if found == kind)
-        zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
-        entry: dict[str, Any] = {"items": len(items)}
-        for name in (f"task-{kind}", *METHODS):
-            entry[name] = bootstrap_interval(paired_scores([seed[name] for seed in per_seed], zero, items)).to_json()
-        for method in METHODS[1:]:
-            difference = paired_scores([seed[method] for seed in per_seed], [seed["cat"] for seed in per_seed], items)
-            entry[f"{method} - cat"] = bootstrap_interval(difference).to_json()
-        result[kind] = entry
+        result[kind] = paired_intervals(per_seed, items, [f"task-{kind}", *METHODS], "cat", list(METHODS[1:]))
     return result
-
-
-def cell(entry: dict[str, float], signed: bool = False) -> str:
-    """Item scores are already percent (eval scores an exact match 100)."""
-    mean = f"{entry['mean']:+.1f}" if signed else f"{entry['mean']:.1f}"
-    return f"{mean} [{entry['low']:.1f}, {entry['high']:.1f}]"
 
 
 def tables(comparison: dict[str, Any]) -> str:
@@ -125,11 +103,11 @@ def tables(comparison: dict[str, Any]) -> str:
         "|---|---:|---:|" + "---:|" * len(METHODS),
     ]
     for kind, entry in comparison.items():
-        row = [kind, str(entry["items"]), cell(entry[f"task-{kind}"]), *(cell(entry[m]) for m in METHODS)]
+        row = [kind, str(entry["items"]), interval_cell(entry[f"task-{kind}"]), *(interval_cell(entry[m]) for m in METHODS)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "| task | " + " | ".join(f"{m} - cat" for m in METHODS[1:]) + " |", "|---|" + "---:|" * (len(METHODS) - 1)]
     for kind, entry in comparison.items():
-        lines.append("| " + " | ".join([kind, *(cell(entry[f"{m} - cat"], signed=True) for m in METHODS[1:])]) + " |")
+        lines.append("| " + " | ".join([kind, *(interval_cell(entry[f"{m} - cat"], signed=True) for m in METHODS[1:])]) + " |")
     return "\n".join(lines)
 
 
@@ -160,7 +138,8 @@ def dev_search(
     adapters: list[Path], rank: int | None, pairs: list[tuple[str, dict[str, Any]]], evaluator: Any, dev: list[Any], out: Path
 ) -> list[dict[str, Any]]:
     """Score the candidates (label, recipe changes) on dev; cached in out."""
-    from loramerge.merge.search import Candidate, run_search
+    from loramerge.merge.search import run_search
+    from loramerge.merge.search_grid import Candidate
 
     if out.is_file():
         return json.loads(out.read_text())
@@ -295,10 +274,12 @@ def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> st
         "|---|---|" + "---:|" * (len(KINDS) + 2),
     ]
     own = summary["own"]
-    lines.append("| each task's own adapter | - | " + " | ".join(cell(own[k]) for k in KINDS) + f" | {own['mean']:.1f} | 100 % |")
+    lines.append(
+        "| each task's own adapter | - | " + " | ".join(interval_cell(own[k]) for k in KINDS) + f" | {own['mean']:.1f} | 100 % |"
+    )
     for name, kinds in summary["variants"].items():
         labels = " / ".join(seed["chosen"][name]["label"] for seed in per_seed)
-        cells = " | ".join(cell(kinds[k]) for k in KINDS)
+        cells = " | ".join(interval_cell(kinds[k]) for k in KINDS)
         lines.append(f"| {name} | {labels} | {cells} | {kinds['mean']:.1f} | {100 * kinds['kept']:.0f} % |")
     lines += [
         "",
@@ -311,7 +292,7 @@ def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> st
             per_seed[0]["retained"][name.replace(" (", " merged (")],
         )
         share = ", ".join(f"{m:.2f} -> {s:.2f}" for m, s in zip(merged.get("task_retained", []), shared.get("task_retained", [])))
-        lines.append(f"| {name} | " + " | ".join(cell(kinds[k], signed=True) for k in KINDS) + f" | {share} |")
+        lines.append(f"| {name} | " + " | ".join(interval_cell(kinds[k], signed=True) for k in KINDS) + f" | {share} |")
     lines.append("\nsearch winner per seed (`merge --search methods`): " + ", ".join(seed["search_winner"] for seed in per_seed))
     return "\n".join(lines)
 

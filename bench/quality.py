@@ -27,29 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from align_study import first_groups  # bench/ is on sys.path when this file runs as a script
+from common import first_groups, prediction_rows, train_demo_variant, variant_comparison, variant_table
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.findings import language_groups
 from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
-from loramerge.evaluate.confidence import bootstrap_interval, paired_scores
-from loramerge.recipes import apply_override, validate_recipe
-from loramerge.train.recipe import TrainRecipe
 
 VARIANTS = ("task", "joint", "merged")
-
-
-def train(name: str, recipe_name: str, mode: str, plan: DemoPlan, paths: dict[str, str], seed: int, overrides: list[str]) -> None:
-    from loramerge.train.run import train_adapter
-
-    out = Path(f"seed{seed}/{name}")
-    if (out / "adapter_model.safetensors").is_file():
-        return
-    data = demo_recipe(recipe_name, plan, paths)
-    for assignment in [f"seed={seed}", *overrides]:
-        apply_override(data, assignment)
-    train_adapter(validate_recipe(TrainRecipe, data, f"{recipe_name} seed {seed}"), mode, out, overwrite=True)  # type: ignore[arg-type]
 
 
 def alignment_pairs(kind: str, plan: DemoPlan) -> str:
@@ -106,31 +90,6 @@ def merged(plan: DemoPlan, seed: int, align_weight: float) -> None:
         merge_adapters(recipe, out, overwrite=True)
 
 
-def prediction_rows(
-    plan: DemoPlan, data: Path, out: Path, adapters: dict[str, str], console: Console
-) -> dict[str, list[dict[str, Any]]]:
-    """`loramerge eval` of the adapters (name -> folder) on data, once (reused when out has results): the rows of
-    each adapter's predictions file."""
-    from loramerge.evaluate.run import EvalSettings, run_eval
-
-    if not (out / "results.json").is_file():
-        settings = EvalSettings(
-            model=plan.model,
-            data=data,
-            out=out,
-            adapters=tuple(f"{name}={path}" for name, path in adapters.items()),
-            include_base=False,  # the base model scores 0: it does not know the answer format
-            supervised=",".join(plan.supervised),
-            max_new_tokens=plan.max_new_tokens,
-            batch_size=32,
-            overwrite=True,
-        )
-        run_eval(settings, console)
-    return {
-        name: [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()] for name in adapters
-    }
-
-
 def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int, tuple[str, float]]]:
     """variant -> test line -> (language, item score), from eval's predictions files."""
     adapters = {variant: f"seed{seed}/{variant}" for variant in VARIANTS}
@@ -138,53 +97,9 @@ def evaluate(plan: DemoPlan, seed: int, console: Console) -> dict[str, dict[int,
     return {variant: {row["line"]: (row["lang"], float(row["score"])) for row in found} for variant, found in rows.items()}
 
 
-def compare(
-    per_seed: list[dict[str, dict[int, tuple[str, float]]]], plan: DemoPlan, variants: tuple[str, ...] = VARIANTS
-) -> dict[str, Any]:
-    """Per group: each variant's mean with its interval, and every other variant - task paired."""
-    result: dict[str, Any] = {}
-    lines = sorted(per_seed[0]["task"])
-    for group, languages in language_groups(plan).items():
-        items = [line for line in lines if per_seed[0]["task"][line][0] in languages]
-        scores = {v: [{line: seed[v][line][1] for line in items} for seed in per_seed] for v in variants}
-        zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
-        entry: dict[str, Any] = {"items": len(items)}
-        for variant in variants:
-            entry[variant] = bootstrap_interval(paired_scores(scores[variant], zero, items)).to_json()
-        for variant in variants[1:]:
-            difference = paired_scores(scores[variant], scores["task"], items)
-            entry[f"{variant} - task"] = bootstrap_interval(difference).to_json()
-        result[group] = entry
-    return result
-
-
 def retrieval_curve(metrics: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return {row["step"]: row["eval_retrieval"] for row in rows if "eval_retrieval" in row and not row.get("final")}
-
-
-def interval_cell(entry: dict[str, float], signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    return f"{entry['mean']:{sign}.1f} [{entry['low']:{sign}.1f}, {entry['high']:{sign}.1f}]"
-
-
-def tables(comparison: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> str:
-    tuned = variants[1:]
-    header = [
-        "group",
-        "test items / seed",
-        "task-only",
-        *tuned,
-        *(f"{v} - task" for v in tuned),
-        f"detectable ({', '.join(tuned)})",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for group, entry in comparison.items():
-        cells = [interval_cell(entry[v]) for v in variants]
-        cells += [interval_cell(entry[f"{v} - task"], signed=True) for v in tuned]
-        cells.append(", ".join(f"{entry[f'{v} - task']['detectable']:.1f}" for v in tuned))
-        lines.append(f"| {group} | {entry['items']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -221,11 +136,13 @@ def main() -> None:
             console.rule(f"training, seed {seed} ({time.perf_counter() - started:.0f} s so far)")
             # the alignment adapter logs margin retrieval on dev sentences as it trains: is the rise monotonic?
             curve = [f"eval_pairs={dev_probe}", f"eval_every={options.align_eval_every}"]
-            train("align", "align", "align", plan, {"pairs": pairs}, seed, curve)
-            train("task", "task", "task", plan, {"data": "data/task/train.jsonl"}, seed, [])
+            train_demo_variant(Path(f"seed{seed}/align"), "align", "align", plan, {"pairs": pairs}, [f"seed={seed}", *curve])
+            train_demo_variant(
+                Path(f"seed{seed}/task"), "task", "task", plan, {"data": "data/task/train.jsonl"}, [f"seed={seed}"]
+            )
             if not options.dev_only:  # the dev selection scores merges only
                 joint_paths = {"data": "data/task/train.jsonl", "pairs": pairs}
-                train("joint", "joint", "task", plan, joint_paths, seed, [])
+                train_demo_variant(Path(f"seed{seed}/joint"), "joint", "task", plan, joint_paths, [f"seed={seed}"])
         seconds["training"] = time.perf_counter() - started
         console.rule("selection on dev")
         align_weight = choose_align_weight(plan, options.align_weights, console)
@@ -238,7 +155,7 @@ def main() -> None:
             console.rule(f"test evaluation, seed {seed}")
             merged(plan, seed, align_weight)
             per_seed.append(evaluate(plan, seed, console))
-        comparison = compare(per_seed, plan)
+        comparison = variant_comparison(per_seed, plan, VARIANTS)
         curves = {seed: retrieval_curve(Path(f"seed{seed}/align/metrics.jsonl")) for seed in seeds}
         seconds["total"] = time.perf_counter() - started
         result = {
@@ -255,7 +172,7 @@ def main() -> None:
             "command": " ".join(sys.argv),
         }
         Path("quality.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(tables(comparison))
+    print(variant_table(comparison, VARIANTS))
     print("\n| seed | dev margin retrieval at the aligned layer by step (all transfer languages) |\n|---|---|")
     for seed, curve in curves.items():
         print(f"| {seed} | " + " ".join(f"{step}: {100 * value:.1f}" for step, value in curve.items()) + " |")

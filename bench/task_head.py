@@ -25,8 +25,8 @@ from peft import get_peft_model
 
 from loramerge.cli.support import quiet_libraries
 from loramerge.data.isocodes import build_iso_task
-from loramerge.data.records import collate_task, read_task_file
-from loramerge.data.tokenization import tokenize_task
+from loramerge.data.records import read_task_file
+from loramerge.data.tokenization import collate_task, tokenize_task
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
 from loramerge.train.losses import task_loss
 from loramerge.train.objectives import TASK, ObjectiveModel

@@ -36,7 +36,8 @@ from loramerge.train.loop import LoopState
 from loramerge.train.losses import info_nce
 from loramerge.train.objectives import ALIGN, TASK
 from loramerge.train.recipe import TrainRecipe
-from loramerge.train.run import build_streams, lora_config, train_adapter
+from loramerge.train.run import lora_config, train_adapter
+from loramerge.train.streams import build_streams
 
 PREFIX = "@@bench "  # marks protocol lines among the trainings' own output
 

@@ -26,14 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality import compare, prediction_rows, tables  # bench/ is on sys.path as a script
+from common import prediction_rows, train_demo_variant, variant_comparison, variant_table
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
 from loramerge.demo.plan import DemoPlan
-from loramerge.demo.run import demo_recipe, working_directory
-from loramerge.recipes import apply_override, validate_recipe
-from loramerge.train.recipe import TrainRecipe
+from loramerge.demo.run import working_directory
 
 # max_new_tokens 4: a label is one token with Gemma's tokenizer, then the stop token
 PLAN = DemoPlan(
@@ -45,7 +43,11 @@ DEV_PER_LABEL, TEST_PER_LABEL = 20, 30  # x 6 labels x 6 languages: 720 dev and 
 SETTINGS = {
     "ui-l9-60": ("ui", 9, 60),  # the demo's alignment adapter, on leak-free UI pairs
     "task-l9-60": ("task", 9, 60),  # in-domain: the train sentences' translations (no labels)
-    "task-l11-60": ("task", 11, 60),  # layer 11: 98.7 % dev retrieval vs 89.0 at 9 (BENCHMARKS.md, issue 14)
+    "task-l11-60": (
+        "task",
+        11,
+        60,
+    ),  # layer 11: 98.7 % dev retrieval vs 89.0 at 9 (BENCHMARKS.md, "Why early alignment training lowered retrieval")
 }  # 3 settings x 3 weights: what 2 CPU cores allow beside 3 seeds of test (~2.5 s a task step)
 WEIGHTS = (0.25, 0.5, 1.0)
 
@@ -94,27 +96,25 @@ def pairs_file(kind: str) -> str:
     return "data/ui-pairs.jsonl" if kind == "ui" else "data/topics/align-train.jsonl"
 
 
-def train(out: Path, recipe_name: str, mode: str, paths: dict[str, str], overrides: list[str]) -> None:
-    from loramerge.train.run import train_adapter
-
-    if (out / "adapter_model.safetensors").is_file():
-        return
-    data = demo_recipe(recipe_name, PLAN, paths)
-    for assignment in overrides:
-        apply_override(data, assignment)
-    train_adapter(validate_recipe(TrainRecipe, data, f"{out}"), mode, out, overwrite=True)  # type: ignore[arg-type]
-
-
 def train_task(seed: int) -> Path:
     out = Path(f"seed{seed}/task")
-    train(out, "task", "task", {"data": "data/topics/train.jsonl"}, [f"seed={seed}", f"max_steps={TASK_STEPS}", "max_length=96"])
+    train_demo_variant(
+        out,
+        "task",
+        "task",
+        PLAN,
+        {"data": "data/topics/train.jsonl"},
+        [f"seed={seed}", f"max_steps={TASK_STEPS}", "max_length=96"],
+    )
     return out
 
 
 def train_align(name: str, seed: int) -> Path:
     kind, layer, steps = SETTINGS[name]
     out = Path(f"seed{seed}/align-{name}")
-    train(out, "align", "align", {"pairs": pairs_file(kind)}, [f"seed={seed}", f"align.layer={layer}", f"max_steps={steps}"])
+    train_demo_variant(
+        out, "align", "align", PLAN, {"pairs": pairs_file(kind)}, [f"seed={seed}", f"align.layer={layer}", f"max_steps={steps}"]
+    )
     return out
 
 
@@ -130,7 +130,7 @@ def train_joint(name: str, seed: int) -> Path:
         f"max_steps={TASK_STEPS * 3 // 2}",
         "task_per_align=[2,1]",
     ]
-    train(out, "joint", "task", paths, overrides)
+    train_demo_variant(out, "joint", "task", PLAN, paths, overrides)
     return out
 
 
@@ -207,7 +207,7 @@ def test(seeds: list[int], console: Console) -> dict[str, Any]:
                 subset("test", TEST_PER_LABEL), f"eval/test-seed{seed}", {"task": task, "joint": joint, "merged": merged}, console
             )
         )
-    comparison = compare(per_seed, PLAN)
+    comparison = variant_comparison(per_seed, PLAN, ("task", "joint", "merged"))
     languages, wins = per_language_wins(per_seed, ("task", "joint", "merged"))
     return {"chosen_on_dev": chosen, "comparison": comparison, "per_language": languages, "wins_over_task": wins}
 
@@ -255,8 +255,8 @@ def extend(seeds: list[int], console: Console) -> dict[str, Any]:
     both = [{v: {**a[v], **b[v]} for v in EXTENDED} for a, b in zip(first, second, strict=True)]
     languages, wins = per_language_wins(both, EXTENDED)
     return {
-        "second read": compare(second, PLAN, EXTENDED),
-        "both reads": compare(both, PLAN, EXTENDED),
+        "second read": variant_comparison(second, PLAN, EXTENDED),
+        "both reads": variant_comparison(both, PLAN, EXTENDED),
         "per_language_both": languages,
         "joint_above_task": wins["joint"],
     }
@@ -285,9 +285,9 @@ def main() -> None:
         Path(f"{options.stage}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if options.stage == "extend":
         for read in ("second read", "both reads"):
-            print(f"\n{read}:\n{tables(result[read], EXTENDED)}")
+            print(f"\n{read}:\n{variant_table(result[read], EXTENDED)}")
     if options.stage == "test":
-        print(tables(result["comparison"]))
+        print(variant_table(result["comparison"], ("task", "joint", "merged")))
         for variant, langs in result["wins_over_task"].items():
             print(f"{variant}: seeds above task-only per language: {langs}")
         print(f"chosen on dev: {result['chosen_on_dev']}; {result['seconds']} s")

@@ -9,6 +9,7 @@ rename that publishes them, so a power cut cannot publish a folder whose files a
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from loramerge.errors import LoramergeError
 from loramerge.faults import crash_point
 
 
@@ -113,3 +115,41 @@ def recover_interrupted_replace(out: Path) -> list[str]:
         shutil.rmtree(folder, ignore_errors=True)
         notes.append(f"removed {folder.name}: the unfinished output of an interrupted run")
     return notes
+
+
+def write_jsonl_files(files: dict[Path, list[dict[str, str]]], overwrite: bool) -> None:
+    """Write every file to a temporary name beside it, then rename each into place: no file is ever half written,
+    and nothing is renamed unless all were written."""
+    existing = [str(path) for path in files if path.exists()]
+    if existing and not overwrite:
+        raise LoramergeError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace or choose another --out")
+    staged: dict[Path, Path] = {}
+    try:
+        for path, records in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+            staged[path] = Path(name)
+            os.chmod(name, usual_mode(directory=False))  # mkstemp makes 0600; the data file is the user's to share
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+                stream.flush()
+                os.fsync(stream.fileno())  # on disk before the rename publishes it
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+
+
+def publish_once(staging: Path, final: Path, marker: str) -> Path:
+    """Rename the finished staging folder into place unless another process published it first: rename() onto
+    an existing non-empty folder fails, and then the other's folder (complete when it holds `marker`) stays and
+    ours is dropped. For caches shared between processes, where replacing a folder others may read is wrong."""
+    fsync_tree(staging)  # e.g. 1.1 GB for Gemma, once: a crash after the rename must not leave empty weight files
+    try:
+        staging.rename(final)
+    except OSError:
+        if not (final / marker).is_file():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return final

@@ -103,7 +103,7 @@ def format_validation_error(exc: ValidationError, origin: str, given_by: dict[st
         location = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against the recipe reference in README.md"
+            message = "unknown key; check its spelling against the recipe keys in docs/training.md or docs/merge.md"
         elif error["type"] == "finite_number":
             message = f"must be a finite number, got {error['input']!r}"
         elif error["type"] == "value_error":  # our own validators' text, without pydantic's 'Value error, ' prefix

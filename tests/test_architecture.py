@@ -119,3 +119,30 @@ def test_every_part_is_in_the_wheel() -> None:
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     parts = {module_name(path) for path in PACKAGE.rglob("__init__.py")}
     assert parts | {"loramerge.shipped_recipes"} == listed
+
+
+def function_local_imports(text: str) -> list[tuple[int, str]]:
+    """(line, module) of every loramerge import made inside a function body."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for statement in ast.walk(node):
+                if isinstance(statement, ast.ImportFrom) and (statement.module or "").split(".")[0] == "loramerge":
+                    found.append((statement.lineno, statement.module or ""))
+                elif isinstance(statement, ast.Import):
+                    found += [(statement.lineno, a.name) for a in statement.names if a.name.split(".")[0] == "loramerge"]
+    return found
+
+
+def test_only_the_command_line_defers_its_own_imports() -> None:
+    """Library modules import the package at the top, so their dependencies read in one place; only cli/ defers
+    them (to keep `loramerge --help` free of torch) and a package's __init__ may load its API on first use."""
+    late = []
+    for path in library_files():
+        if part_of(module_name(path)) == "cli" or path.name == "__init__.py":
+            continue
+        late += [
+            f"{path.relative_to(PACKAGE.parent)}:{line}: {module}" for line, module in function_local_imports(path.read_text())
+        ]
+    assert not late, "move these imports to the top of their module:\n" + "\n".join(late)
+    assert function_local_imports("def f():\n    from loramerge.errors import LoramergeError\n") == [(2, "loramerge.errors")]

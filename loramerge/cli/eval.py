@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from loramerge.cli.options import DebugOption, OverwriteOption
 from loramerge.cli.support import console, run_safely
-from loramerge.evaluate.run import EvalSettings, run_eval
 
 
 def eval_command(
@@ -26,10 +26,12 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer, in tokens.")] = 32,
     dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Task scores per language (greedy generation) of the base model and each adapter, side by side."""
+    from loramerge.evaluate.run import EvalSettings, run_eval
+
     settings = EvalSettings(
         model=model,
         data=data,

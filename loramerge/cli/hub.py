@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from loramerge.cli.options import DebugOption
 from loramerge.cli.support import console, run_safely
 from loramerge.errors import LoramergeError
 from loramerge.hub.client import check_repo_id, push_folder
@@ -49,7 +50,7 @@ def push(
     ] = False,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created if missing).")] = None,
     commit_message: Annotated[Optional[str], typer.Option("--commit-message", help="Commit message.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Upload an adapter folder to the Hugging Face Hub in one commit and print the commit URL."""
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from loramerge.cli.options import DebugOption, OverwriteOption
 from loramerge.cli.support import console, run_safely
 
 
@@ -32,8 +33,8 @@ def probe(
         ),
     ] = True,
     max_sentences: Annotated[int, typer.Option("--max-sentences", help="Sentence groups to use, in file order.")] = 300,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Top-1 retrieval accuracy of translations per layer, by cosine and ratio margin (Artetxe & Schwenk 2019)."""
     from loramerge.evaluate.probe_run import ProbeSettings, run_probe

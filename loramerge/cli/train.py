@@ -11,10 +11,9 @@ import typer
 from rich.table import Table
 
 from loramerge.cli.hub import PushToOption, check_push_target, push_output
+from loramerge.cli.options import DebugOption, OverwriteOption
 from loramerge.cli.support import console, run_safely
 from loramerge.errors import LoramergeError
-from loramerge.recipes import load_recipe
-from loramerge.train.recipe import TrainRecipe
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Local model folder or org/name[@revision].")]
 OutOption = Annotated[Path, typer.Option("--out", help="Folder for the adapter; checkpoints go to <out>.run/.")]
@@ -28,8 +27,6 @@ OverridesOption = Annotated[
 StepsOption = Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed for LoRA init, data order and dropout.")]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in <out>.run/.")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 
 
 def parse_layer(layer: str | None) -> int | str | None:
@@ -56,6 +53,8 @@ def run_training(
     overwrite: bool,
     push_to: str | None = None,
 ) -> None:
+    from loramerge.recipes import load_recipe
+    from loramerge.train.recipe import TrainRecipe
     from loramerge.train.run import shutdown_distributed, train_adapter  # torch etc. load only when training
 
     check_push_target(push_to)
@@ -78,7 +77,7 @@ def run_training(
         )
         raise typer.Exit(130)
     console.print(f"adapter written to {result.out}")
-    if recipe.lora.use_rslora:  # the servers' scaling differs from PEFT's for rsLoRA (README: Serving)
+    if recipe.lora.use_rslora:  # the servers' scaling differs from PEFT's for rsLoRA (docs/serving.md)
         console.print(
             f"[yellow]warning:[/yellow] rsLoRA: llama.cpp applies this adapter at 1/sqrt(r) of its strength; "
             f"`loramerge export {result.out} --out {result.out}-portable` writes one that every server applies alike",

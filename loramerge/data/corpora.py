@@ -11,13 +11,8 @@ header's charset) and 1 with a malformed Plural-Forms line; it also builds plura
 
 from __future__ import annotations
 
-import codecs
 import hashlib
-import json
-import os
 import re
-import struct
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +20,8 @@ from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
 
-from loramerge.atomic import usual_mode
+from loramerge.atomic import write_jsonl_files
+from loramerge.data.mo_files import CatalogError, read_mo
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.output_lock import output_lock
 
@@ -33,9 +29,7 @@ DEFAULT_ROOT = Path("/usr/share/locale")
 SOURCE_LANG = "en"
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLIT = "90:5:5"  # dev and test of ~700 sentences each for fr (14k pairs): enough for a retrieval probe
-MO_MAGIC = 0x950412DE
 LANG_CODE = re.compile(r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]+)?(?:@[A-Za-z]+)?$")  # fr, pt_BR, zh_Hant, sr@latin
-CHARSET = re.compile(rb"charset=\s*([-\w.:]+)", re.IGNORECASE)
 
 # Each rule drops a string, source or translation, that is not a plain sentence. Order: the first match is the
 # reason counted. The printf rule leaves out the ' ' flag so that "100% of" is not read as "% o".
@@ -93,61 +87,6 @@ def pair_rejection(source: str, target: str, settings: FilterSettings) -> str | 
     if source == target:
         return "untranslated"
     return None
-
-
-class CatalogError(ValueError):
-    """A .mo file that cannot be read; extraction skips it and counts it."""
-
-
-def declared_charset(header: bytes) -> str:
-    """The charset of the header's Content-Type, if Python knows it; else UTF-8 (a superset of the ASCII that
-    gettext assumes, and what an unfilled 'charset=CHARSET' template almost always holds)."""
-    match = CHARSET.search(header)
-    if match:
-        name = match.group(1).decode("ascii", "replace")
-        try:
-            return codecs.lookup(name).name
-        except LookupError:
-            pass
-    return "utf-8"
-
-
-def read_mo(data: bytes) -> tuple[dict[str, str], int]:
-    """Singular, context-free entries of a .mo file decoded with the header's charset, and the number of
-    entries that do not decode. Plural entries (msgid with NUL) and contexts (msgctxt EOT msgid) are dropped."""
-    if len(data) < 20:
-        raise CatalogError("shorter than a .mo header")
-    for order in "<>":
-        magic, revision, count, originals, translations = struct.unpack(f"{order}5I", data[:20])
-        if magic == MO_MAGIC:
-            break
-    else:
-        raise CatalogError("not a .mo file (bad magic number)")
-    if revision >> 16 > 1:
-        raise CatalogError(f"unsupported .mo major revision {revision >> 16}")
-
-    def string(table: int, index: int) -> bytes:
-        length, offset = struct.unpack_from(f"{order}2I", data, table + 8 * index)
-        if offset + length > len(data):
-            raise CatalogError("string table points past the end of the file")
-        return data[offset : offset + length]
-
-    try:
-        raw = [(string(originals, i), string(translations, i)) for i in range(count)]
-    except struct.error as exc:
-        raise CatalogError(f"truncated ({exc})") from None
-    header = next((msgstr for msgid, msgstr in raw if msgid == b""), b"")
-    charset = declared_charset(header)
-    entries: dict[str, str] = {}
-    undecodable = 0
-    for msgid, msgstr in raw:
-        if not msgid or b"\x00" in msgid or b"\x04" in msgid:
-            continue
-        try:
-            entries[msgid.decode(charset)] = msgstr.decode(charset)
-        except UnicodeDecodeError:
-            undecodable += 1
-    return entries, undecodable
 
 
 def choose_translation(candidates: Counter[str]) -> str:
@@ -285,30 +224,6 @@ def split_paths(out: Path, splits: Iterable[str]) -> dict[str, Path]:
         return {names[0]: out}
     stem = out.name.removesuffix(".jsonl")
     return {name: out.with_name(f"{stem}-{name}.jsonl") for name in names}
-
-
-def write_jsonl_files(files: dict[Path, list[dict[str, str]]], overwrite: bool) -> None:
-    """Write every file to a temporary name beside it, then rename each into place: no file is ever half written,
-    and nothing is renamed unless all were written."""
-    existing = [str(path) for path in files if path.exists()]
-    if existing and not overwrite:
-        raise LoramergeError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace or choose another --out")
-    staged: dict[Path, Path] = {}
-    try:
-        for path, records in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-            staged[path] = Path(name)
-            os.chmod(name, usual_mode(directory=False))  # mkstemp makes 0600; the data file is the user's to share
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-                stream.flush()
-                os.fsync(stream.fileno())  # on disk before the rename publishes it
-        for path, temporary in staged.items():
-            os.replace(temporary, path)
-    finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
 
 
 @dataclass

@@ -20,16 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.atomic import atomic_directory, output_dir_problem, write_jsonl_files
 from loramerge.data.corpora import (
     DEFAULT_ROOT,
     SOURCE_LANG,
     add_role_problems,
     parse_split,
-    read_mo,
     split_of,
-    write_jsonl_files,
 )
+from loramerge.data.mo_files import read_mo
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.output_lock import output_lock
 

@@ -1,5 +1,5 @@
-"""Training data: read task and parallel-sentence files, tokenize sentences, collate batches (task records are
-tokenized with their loss masks in loramerge.data.tokenization).
+"""Training data as files: read task and parallel-sentence files into records (loramerge.data.tokenization turns
+records into token ids and batches).
 
 Task files are JSONL, one record a line: {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]},
 with an optional "lang"; extra keys are ignored. Pairs files are JSONL {"source", "target", "source_lang"?,
@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
 from loramerge.errors import LoramergeError
 
-IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and so every HF model) skips
 MAX_PROBLEMS = 20  # past this, more lines of the same mistake do not help the user fix the file
 ROLES = ("system", "user", "assistant")
 TSV_HEADER = "source\ttarget"
@@ -49,13 +45,6 @@ class SentencePair:
     target: str
     source_lang: str | None
     target_lang: str | None
-
-
-@dataclass(frozen=True)
-class TokenizedTask:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE_INDEX wherever no loss is taken
-    lang: str | None
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -239,61 +228,3 @@ def read_pairs_file(path: Path) -> list[SentencePair]:
             pairs.append(pair)
     _finish(path, pairs, problems)
     return pairs
-
-
-def check_max_length(max_length: int) -> None:
-    if max_length < 1:
-        raise LoramergeError(f"max_length is {max_length}; it must be a positive number of tokens")
-
-
-def tokenize_sentences(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[list[int]]:
-    """Each sentence as the tokenizer encodes raw text (with its own special tokens), first max_length tokens."""
-    check_max_length(max_length)
-    if not texts:
-        return []
-    rows = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-    empty = [i for i, row in enumerate(rows) if not row]
-    if empty:  # a row of no tokens would make its mean-pooled representation 0/0
-        raise LoramergeError(
-            f"sentence {empty[0] + 1} ({texts[empty[0]][:40]!r}) encodes to no tokens; remove it or use another tokenizer"
-        )
-    return rows
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(row) for row in rows)
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
-
-
-def _attention_mask(rows: list[list[int]]) -> torch.Tensor:
-    return _pad([[1] * len(row) for row in rows], 0)
-
-
-def collate_task(examples: list[TokenizedTask], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids, attention_mask and labels, right-padded to the longest example (labels with IGNORE_INDEX)."""
-    if not examples:
-        raise ValueError("collate_task needs at least one example")
-    rows = [example.input_ids for example in examples]
-    return {
-        "input_ids": _pad(rows, pad_id),
-        "attention_mask": _attention_mask(rows),
-        "labels": _pad([e.labels for e in examples], IGNORE_INDEX),
-    }
-
-
-def collate_sentences(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask of raw sentences, right-padded to the longest row."""
-    if not rows:
-        raise ValueError("collate_sentences needs at least one row")
-    return {"input_ids": _pad(rows, pad_id), "attention_mask": _attention_mask(rows)}
-
-
-def collate_pairs(sources: list[list[int]], targets: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2B rows, so a single forward pass encodes both sides of B pairs.
-
-    Rows 0..B-1 are the sources and rows B..2B-1 the targets: pair i is rows i and B + i. Keys input_ids
-    and attention_mask, right-padded to the longest of all 2B rows.
-    """
-    if not sources or len(sources) != len(targets):
-        raise ValueError(f"collate_pairs needs as many targets as sources, at least one (got {len(sources)} and {len(targets)})")
-    return collate_sentences([*sources, *targets], pad_id)

@@ -1,5 +1,5 @@
-"""Task records as token ids: the training example with its exact loss mask (tokenize_task) and the prompt that
-generation continues (prompt_ids). Both come from one function, so evaluation conditions on exactly the tokens
+"""Records as token ids and batches: the training example with its exact loss mask (tokenize_task), the prompt that
+generation continues (prompt_ids), raw sentences (tokenize_sentences) and the padded batches of each (collate_*). Both come from one function, so evaluation conditions on exactly the tokens
 that training conditioned on: no train/eval mismatch in BOS, spacing or chat formatting.
 """
 
@@ -7,14 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from loramerge.data.records import IGNORE_INDEX, TaskRecord, TokenizedTask, check_max_length, raise_problems
+from loramerge.data.records import TaskRecord, raise_problems
 from loramerge.errors import LoramergeError
 
+IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and so every HF model) skips
 # A conversation to find the template's end-of-turn tokens with; any text works, these pass strict templates.
 _SAMPLE_EXCHANGE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+@dataclass(frozen=True)
+class TokenizedTask:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX wherever no loss is taken
+    lang: str | None
 
 
 @dataclass(frozen=True)
@@ -197,3 +206,61 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         return []
     turn = zip(example.ids[example.prompt_length :], example.labels[example.prompt_length :])
     return sorted({token for token, label in turn if label != IGNORE_INDEX and token in specials})
+
+
+def check_max_length(max_length: int) -> None:
+    if max_length < 1:
+        raise LoramergeError(f"max_length is {max_length}; it must be a positive number of tokens")
+
+
+def tokenize_sentences(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[list[int]]:
+    """Each sentence as the tokenizer encodes raw text (with its own special tokens), first max_length tokens."""
+    check_max_length(max_length)
+    if not texts:
+        return []
+    rows = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    empty = [i for i, row in enumerate(rows) if not row]
+    if empty:  # a row of no tokens would make its mean-pooled representation 0/0
+        raise LoramergeError(
+            f"sentence {empty[0] + 1} ({texts[empty[0]][:40]!r}) encodes to no tokens; remove it or use another tokenizer"
+        )
+    return rows
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def _attention_mask(rows: list[list[int]]) -> torch.Tensor:
+    return _pad([[1] * len(row) for row in rows], 0)
+
+
+def collate_task(examples: list[TokenizedTask], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and labels, right-padded to the longest example (labels with IGNORE_INDEX)."""
+    if not examples:
+        raise ValueError("collate_task needs at least one example")
+    rows = [example.input_ids for example in examples]
+    return {
+        "input_ids": _pad(rows, pad_id),
+        "attention_mask": _attention_mask(rows),
+        "labels": _pad([e.labels for e in examples], IGNORE_INDEX),
+    }
+
+
+def collate_sentences(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of raw sentences, right-padded to the longest row."""
+    if not rows:
+        raise ValueError("collate_sentences needs at least one row")
+    return {"input_ids": _pad(rows, pad_id), "attention_mask": _attention_mask(rows)}
+
+
+def collate_pairs(sources: list[list[int]], targets: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of 2B rows, so a single forward pass encodes both sides of B pairs.
+
+    Rows 0..B-1 are the sources and rows B..2B-1 the targets: pair i is rows i and B + i. Keys input_ids
+    and attention_mask, right-padded to the longest of all 2B rows.
+    """
+    if not sources or len(sources) != len(targets):
+        raise ValueError(f"collate_pairs needs as many targets as sources, at least one (got {len(sources)} and {len(targets)})")
+    return collate_sentences([*sources, *targets], pad_id)

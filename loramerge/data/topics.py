@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.atomic import atomic_directory, output_dir_problem, write_jsonl_files
 from loramerge.data.corpora import (
     DEFAULT_ROOT,
     SOURCE_LANG,
@@ -34,11 +34,10 @@ from loramerge.data.corpora import (
     choose_translation,
     pair_rejection,
     parse_split,
-    read_mo,
     rule_rejection,
     split_of,
-    write_jsonl_files,
 )
+from loramerge.data.mo_files import read_mo
 from loramerge.errors import LoramergeError, ProblemList
 from loramerge.output_lock import output_lock
 

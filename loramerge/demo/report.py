@@ -9,6 +9,8 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
+from loramerge.demo.findings import retrieval_by_group, task_intervals
+
 if TYPE_CHECKING:
     from loramerge.demo.plan import DemoPlan as Plan
 
@@ -59,8 +61,6 @@ def demo_results(
     total_seconds: float,
     folder: Path = Path("."),
 ) -> dict[str, Any]:
-    from loramerge.demo.findings import retrieval_by_group, task_intervals
-
     intervals = task_intervals(folder / "eval" / "predictions", list(evaluation["variants"]), plan)
     by_group = retrieval_by_group(retrieval, layer, plan) if layer is not None else {}
     return {
@@ -197,7 +197,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
         "Intervals: percentile bootstrap over the test items, each item paired with itself under task-only. They cover "
         "the choice of test items, not the training seed: `bench/quality.py` repeats everything over 3 seeds "
-        "(BENCHMARKS.md).",
+        "(BENCHMARKS.md, Transfer over 3 seeds with intervals).",
         "",
         "## Task scores by language group (macro means)",
         "",

@@ -27,9 +27,19 @@ import yaml
 from rich.console import Console
 
 from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.data.corpora import FilterSettings, extract_gettext
+from loramerge.data.isocodes import build_iso_task
+from loramerge.data.summaries import print_extraction, print_iso_task
 from loramerge.demo.plan import FULL, QUICK, DemoPlan
+from loramerge.demo.report import demo_results, write_report
 from loramerge.errors import LoramergeError
+from loramerge.evaluate.probe_run import ProbeSettings, run_probe
+from loramerge.evaluate.run import EvalSettings, run_eval
+from loramerge.merge.engine import merge_adapters
 from loramerge.output_lock import output_lock
+from loramerge.recipes import apply_override, read_recipe_file, shipped_recipe, validate_recipe
+from loramerge.train.recipe import TrainRecipe
+from loramerge.train.run import train_adapter
 
 
 @contextmanager
@@ -81,10 +91,6 @@ def test_subset(test_file: Path, entities: int, out: Path, seed: int = 0) -> Pat
 
 
 def build_data(plan: DemoPlan, console: Console) -> dict[str, Any]:
-    from loramerge.data.corpora import FilterSettings, extract_gettext
-    from loramerge.data.isocodes import build_iso_task
-    from loramerge.data.summaries import print_extraction, print_iso_task
-
     started = time.perf_counter()
     task = build_iso_task(list(plan.supervised), list(plan.transfer), Path("data/task"))
     print_iso_task(task, console)
@@ -104,8 +110,6 @@ def build_data(plan: DemoPlan, console: Console) -> dict[str, Any]:
 
 def demo_recipe(name: str, plan: DemoPlan, paths: dict[str, str]) -> dict[str, Any]:
     """recipes/demo/NAME.yaml with the data paths and the plan's model filled in, as OUT/recipes/NAME.yaml."""
-    from loramerge.recipes import apply_override, read_recipe_file, shipped_recipe
-
     data = read_recipe_file(shipped_recipe("demo", name))
     if name != "merge":
         data["model"] = plan.model
@@ -124,10 +128,6 @@ def write_recipe(data: dict[str, Any], name: str, command: str) -> Path:
 
 
 def train(name: str, mode: str, plan: DemoPlan, paths: dict[str, str]) -> dict[str, Any]:
-    from loramerge.recipes import validate_recipe
-    from loramerge.train.recipe import TrainRecipe
-    from loramerge.train.run import train_adapter
-
     data = demo_recipe(name, plan, paths)
     path = write_recipe(data, name, f"loramerge train-{mode} --recipe recipes/{name}.yaml --out adapters/{name}")
     recipe = validate_recipe(TrainRecipe, data, str(path))
@@ -137,8 +137,6 @@ def train(name: str, mode: str, plan: DemoPlan, paths: dict[str, str]) -> dict[s
 
 
 def merge(plan: DemoPlan) -> dict[str, Any]:
-    from loramerge.merge.engine import merge_adapters
-
     data = demo_recipe("merge", plan, {})
     write_recipe(data, "merge", "loramerge merge --recipe recipes/merge.yaml --out adapters/merged")
     result = merge_adapters(data, Path("adapters/merged"))
@@ -152,8 +150,6 @@ def merge(plan: DemoPlan) -> dict[str, Any]:
 
 
 def evaluate(plan: DemoPlan, console: Console) -> dict[str, Any]:
-    from loramerge.evaluate.run import EvalSettings, run_eval
-
     settings = EvalSettings(
         model=plan.model,
         data=Path("data/task/test-demo.jsonl"),
@@ -167,8 +163,6 @@ def evaluate(plan: DemoPlan, console: Console) -> dict[str, Any]:
 
 
 def probe(plan: DemoPlan, console: Console) -> dict[str, Any]:
-    from loramerge.evaluate.probe_run import ProbeSettings, run_probe
-
     settings = ProbeSettings(
         model=plan.model,
         pairs=Path("data/probe-test.jsonl"),
@@ -180,8 +174,6 @@ def probe(plan: DemoPlan, console: Console) -> dict[str, Any]:
 
 
 def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
-    from loramerge.demo.report import demo_results, write_report
-
     with output_lock(out):
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)

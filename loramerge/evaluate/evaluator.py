@@ -19,11 +19,12 @@ from typing import Any
 
 from loramerge.data.records import TaskRecord
 from loramerge.data.tokenization import prompt_ids
+from loramerge.dtypes import DTYPES
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.adapter_check import check_adapter_fits, check_adapter_folder
 from loramerge.evaluate.generation import check_settings, generate_greedy, stop_ids
 from loramerge.evaluate.metrics import UNDETERMINED, LanguageScore, Metric, get_metric, group_means, language_scores
-from loramerge.models.loading import DTYPES, load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
 
 
 @dataclass(frozen=True)

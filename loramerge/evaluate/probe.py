@@ -15,7 +15,8 @@ from itertools import permutations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loramerge.data.records import SentencePair, collate_sentences, tokenize_sentences
+from loramerge.data.records import SentencePair
+from loramerge.data.tokenization import collate_sentences, tokenize_sentences
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.retrieval import retrieval_accuracy
 from loramerge.models.pooling import mean_pool

@@ -32,7 +32,7 @@ class ProbeSettings:
     adapters: tuple[str, ...] = ()
     languages: tuple[str, ...] | None = None
     layers: str = "all"
-    skip_first_token: bool = True  # the alignment loss's default pooling (BENCHMARKS.md, pooling)
+    skip_first_token: bool = True  # the alignment loss's default pooling (BENCHMARKS.md, "Alignment pooling")
     max_sentences: int | None = 300  # per language; 300 x 7 languages takes ~1 min on 2 cores at 270M
     batch_size: int = 32
     overwrite: bool = False

@@ -13,8 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from loramerge.atomic import atomic_directory, output_dir_problem
+from loramerge.data.records import read_task_file
 from loramerge.errors import LoramergeError
-from loramerge.evaluate.metrics import UNDETERMINED
+from loramerge.evaluate.adapter_check import resolve_and_check
+from loramerge.evaluate.evaluator import Evaluator
+from loramerge.evaluate.metrics import UNDETERMINED, get_metric
+from loramerge.evaluate.report import build_results, table_cells, write_outputs
 from loramerge.output_lock import output_lock
 from loramerge.parsing import comma_list
 
@@ -58,8 +63,6 @@ def check_supervised_in_data(supervised: list[str] | None, records: list[Any], d
 
 
 def print_summary(results: dict[str, Any], console: Console) -> None:
-    from loramerge.evaluate.report import table_cells
-
     header, rows = table_cells(results)
     table = Table(*header, title=f"{results['metric']['description']} (%)")
     for row in rows:
@@ -83,13 +86,6 @@ class EvalSettings:
 
 
 def run_eval(settings: EvalSettings, console: Console) -> dict[str, Any]:
-    from loramerge.atomic import atomic_directory, output_dir_problem
-    from loramerge.data.records import read_task_file
-    from loramerge.evaluate.adapter_check import resolve_and_check
-    from loramerge.evaluate.evaluator import Evaluator
-    from loramerge.evaluate.metrics import get_metric
-    from loramerge.evaluate.report import build_results, write_outputs
-
     # Every input is checked before the model loads, so a mistake costs no waiting.
     with output_lock(settings.out):
         if (problem := output_dir_problem(settings.out, settings.overwrite)) is not None:

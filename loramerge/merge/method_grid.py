@@ -2,7 +2,7 @@
 
 Why a grid and not a default: no scale fits every merge. With weight 1, `cat`, `tsv` and Iso keep the sum's
 scale, which overshoots where adapters share a direction (three task adapters of one base: cat scored 0.0,
-tsv 5.2, against 19.1 for ties' mean; BENCHMARKS.md, "Core-space merging"), and the papers choose alpha on
+tsv 5.2, against 19.1 for ties' mean; BENCHMARKS.md, "Quality on real adapters with each method's defaults"), and the papers choose alpha on
 validation data. The grid gives each method the scales that matter for n adapters, 1/n (a mean), 0.5 and 1 (the
 sum), and TIES three densities at its default disjoint mean: 11 candidates for 2 adapters, 15 for 3 or more.
 """

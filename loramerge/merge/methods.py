@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,13 +33,20 @@ from loramerge.merge.lowrank import (
 from loramerge.merge.method_types import Contribution, MethodFunction, MethodSettings, default_rank
 from loramerge.merge.sparsify import Combiner, Sparsifier, dropped, elect_and_sum, trimmed, weighted_sum
 
-__all__ = ["METHODS", "Contribution", "MethodInfo", "MethodSettings"]
+__all__ = ["METHODS", "Contribution", "MethodInfo", "MethodSettings", "OutputRank"]
 
 # Recipe keys read by the method families; a key set for a method that does not read it is refused (recipe.py).
 TRIM_KEYS = frozenset({"density", "kept_count"})
 ELECT_KEYS = frozenset({"majority_sign", "tie_vote"})
 NORMALIZE_KEYS = frozenset({"normalize", "normalize_divisor"})
 DARE_KEYS = frozenset({"density", "dare_rescale", "seed"})
+
+
+# How a method's output rank is known: "sum" of the input ranks (cat), the "first" input's rank (PEFT's linear,
+# equal ranks), the "target" (--rank, else the sum, capped by the module's shape; svd and core space) unless an
+# energy target is set, or only "after_work" (the dense methods' recompression). Known ranks let the writer
+# stream each module as it is merged; the others are collected first (see plan.planned_rank).
+OutputRank = Literal["sum", "first", "target", "after_work"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class MethodInfo:
     summary: str
     keys: frozenset[str] = frozenset()
     normalize_default: bool = False  # TIES' disjoint mean: the TIES paper averages the agreeing entries
-    core_space: bool = False  # works on R x R cores: output rank known before the work, like svd
+    output_rank: OutputRank = "after_work"
 
 
 def _stack(contributions: list[Contribution]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,13 +143,18 @@ def _core(function: MethodFunction, summary: str, keys: frozenset[str], ties: bo
         summary=summary,
         keys=keys | SUBSPACE_KEYS,
         normalize_default=ties,
-        core_space=True,
+        output_rank="target",  # works on R x R cores, as svd does
     )
 
 
 METHODS: dict[str, MethodInfo] = {
     "cat": MethodInfo(
-        merge_cat, exact=True, truncates=False, sparsifies=False, summary="exact weighted sum; output rank = sum of input ranks"
+        merge_cat,
+        exact=True,
+        truncates=False,
+        sparsifies=False,
+        summary="exact weighted sum; output rank = sum of input ranks",
+        output_rank="sum",
     ),
     "svd": MethodInfo(
         merge_svd,
@@ -149,6 +162,7 @@ METHODS: dict[str, MethodInfo] = {
         truncates=True,
         sparsifies=False,
         summary="exact sum re-factorised to rank R or energy E; optimal (Eckart-Young) truncation",
+        output_rank="target",
     ),
     "ties": _dense(trimmed, elect_and_sum, "trim to density, elect signs, average agreeing entries of dW", TIES_KEYS, ties=True),
     "dare_ties": _dense(
@@ -176,5 +190,6 @@ METHODS: dict[str, MethodInfo] = {
         truncates=False,
         sparsifies=False,
         summary="PEFT add_weighted_adapter 'linear' compatibility: NOT the weighted sum (cross terms)",
+        output_rank="first",
     ),
 }

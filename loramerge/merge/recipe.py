@@ -74,7 +74,7 @@ class MergeRecipe(StrictModel):
     method: MethodName = "cat"
     rank: int | None = Field(None, gt=0, description="output rank of svd and the sparsifying methods")
     energy: float | None = Field(None, gt=0.0, le=1.0, description="or keep this fraction of ||dW||_F^2")
-    # Method keys: None means the method's default (README: merge methods); a key the method does not read is
+    # Method keys: None means the method's default (docs/merge.md, Methods); a key the method does not read is
     # refused, never ignored.
     density: float | None = Field(None, gt=0.0, le=1.0, description="fraction of entries kept (default 0.5)")
     normalize: bool | None = Field(

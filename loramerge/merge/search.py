@@ -5,119 +5,33 @@ A candidate is the merge recipe with a few keys changed. Each is merged exactly 
 a concatenation of factors, ~0.1 s at 270M scale) and loaded as one more adapter into a single copy of the
 base model; the base model is never rewritten or reloaded per candidate.
 
-Grid syntax (--search, repeatable; several inline specs form their cartesian product):
-  NAME=0,0.25,0.5      the weight of source NAME (its folder name, or its 1-based position) takes each value
-  NAME@LAYERS=0,1      a rule for that source on a layer range ('0-4', '9-'), e.g. per-layer variants
-  grid.yaml            a file with `candidates:`, a list of {dotted.recipe.key: value} mappings
-  methods              the default grid of methods and scales (method_grid.py): chooses the method too
+The grid syntax is in search_grid.py; the tables it writes in search_report.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from loramerge.errors import LoramergeError
-from loramerge.merge.method_grid import METHODS_SPEC, method_candidates
+from loramerge.atomic import output_dir_problem
+from loramerge.data.records import TaskRecord, read_task_file
+from loramerge.errors import LoramergeError, ProblemList
+from loramerge.evaluate.evaluator import Evaluator
+from loramerge.evaluate.metrics import UNDETERMINED
+from loramerge.evaluate.run import check_supervised_in_data, parse_supervised
+from loramerge.merge.engine import MergeResult, merge_adapters
+from loramerge.merge.inputs import load_source
 from loramerge.merge.recipe import MergeRecipe
+from loramerge.merge.search_grid import Candidate, candidate_recipe, parse_grid
+from loramerge.merge.search_report import SearchRow, search_json, search_markdown
 from loramerge.output_lock import output_lock
-from loramerge.parsing import parse_float_list
-from loramerge.recipes import set_path, validate_recipe
 
+__all__ = ["Candidate", "SearchRow", "SearchSettings", "parse_grid", "search_and_merge"]
 OBJECTIVES = ("all", "transfer", "supervised")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    label: str
-    changes: dict[str, Any]  # dotted recipe key -> value
-
-
-def source_index(recipe: MergeRecipe, name: str, spec: str) -> int:
-    if name.isdigit() and 1 <= int(name) <= len(recipe.sources):
-        return int(name) - 1
-    matches = [i for i, source in enumerate(recipe.sources) if Path(source.path).name == name or source.path == name]
-    if len(matches) != 1:
-        names = ", ".join(Path(source.path).name for source in recipe.sources)
-        why = "matches several sources" if matches else "is not a source"
-        raise LoramergeError(f"--search {spec!r}: {name!r} {why}; name a source by folder ({names}) or 1-based position")
-    return matches[0]
-
-
-def inline_axis(recipe: MergeRecipe, spec: str) -> list[Candidate]:
-    """'align=0,0.5' or 'align@0-4=0,1' -> one single-change candidate per value."""
-    target, separator, values = spec.partition("=")
-    if not separator or not target or not values:
-        raise LoramergeError(f"--search {spec!r}: expected NAME=v1,v2,... or NAME@LAYERS=v1,v2,... or a grid .yaml file")
-    name, _, layers = target.partition("@")
-    index = source_index(recipe, name, spec)
-    try:
-        weights = parse_float_list(values, "--search", example=f"{target}=0,0.5,1")
-    except LoramergeError as exc:
-        raise LoramergeError(str(exc).replace(f"--search {values!r}", f"--search {spec!r}", 1)) from None
-    if not layers:
-        return [Candidate(f"{name}={w:g}", {f"sources.{index}.weight": w}) for w in weights]
-    rules = [rule.model_dump(exclude_none=True) for rule in recipe.sources[index].rules]
-    return [
-        Candidate(f"{name}@{layers}={w:g}", {f"sources.{index}.rules": [*rules, {"layers": layers, "weight": w}]})
-        for w in weights
-    ]
-
-
-def grid_file(path: Path) -> list[Candidate]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise LoramergeError(f"--search {path}: cannot read the grid file ({exc})") from exc
-    unknown = sorted(set(data) - {"candidates"}) if isinstance(data, dict) else []
-    if unknown:
-        raise LoramergeError(
-            f"--search {path}: unknown top-level key(s) {', '.join(map(str, unknown))}; a grid file has only 'candidates:'"
-        )
-    rows = data.get("candidates") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
-        raise LoramergeError(f"--search {path}: expected 'candidates:' with a list of {{recipe.key: value}} mappings")
-    return [Candidate(", ".join(f"{k}={v}" for k, v in row.items()) or "recipe as is", dict(row)) for row in rows]
-
-
-def parse_grid(recipe: MergeRecipe, specs: list[str]) -> list[Candidate]:
-    if METHODS_SPEC in specs:
-        if len(specs) > 1:
-            raise LoramergeError(f"--search {METHODS_SPEC} is a whole grid of methods and scales; give it alone")
-        return [Candidate(label, changes) for label, changes in method_candidates(recipe)]
-    files = [spec for spec in specs if spec.endswith((".yaml", ".yml"))]
-    if files and len(specs) > 1:
-        raise LoramergeError("--search: give one grid .yaml file, or inline NAME=values specs, not both")
-    if files:
-        return grid_file(Path(files[0]))
-    axes = [inline_axis(recipe, spec) for spec in specs]
-    return [
-        Candidate(", ".join(c.label for c in combo), {k: v for c in combo for k, v in c.changes.items()})
-        for combo in itertools.product(*axes)
-    ]
-
-
-def candidate_recipe(recipe: MergeRecipe, candidate: Candidate) -> MergeRecipe:
-    data = recipe.model_dump(mode="json")
-    for key, value in candidate.changes.items():
-        set_path(data, key, value, f"--search {candidate.label}")
-    return validate_recipe(MergeRecipe, data, f"--search candidate {candidate.label}")
-
-
-@dataclass
-class SearchRow:
-    candidate: Candidate
-    recipe: MergeRecipe
-    means: dict[str, float | None]  # supervised / transfer / all (percent)
-    languages: dict[str, float]
-    weights_sha256: str = ""  # of the candidate's merged tensors: equal hashes are equal merges
 
 
 def objective_value(row: SearchRow, objective: str) -> float:
@@ -127,11 +41,8 @@ def objective_value(row: SearchRow, objective: str) -> float:
     return value
 
 
-def check_objective_group(objective: str, supervised: list[str] | None, records: list[Any], dev: Path) -> None:
+def check_objective_group(objective: str, supervised: list[str] | None, records: list[TaskRecord], dev: Path) -> None:
     """The objective's language group must exist in the dev set before candidates are scored."""
-    from loramerge.evaluate.metrics import UNDETERMINED
-    from loramerge.evaluate.run import check_supervised_in_data
-
     if objective != "all" and supervised is None:
         raise LoramergeError(f"--search-objective {objective} needs --supervised to know the language groups")
     check_supervised_in_data(supervised, records, dev)  # --supervised de against a dev set in en and fr
@@ -161,13 +72,11 @@ def identical_candidates(rows: list[SearchRow]) -> list[str]:
 def run_search(
     recipe: MergeRecipe,
     candidates: list[Candidate],
-    evaluator: Any,  # loramerge.evaluate.evaluator.Evaluator (imported lazily: it pulls in transformers)
-    records: list[Any],
+    evaluator: Evaluator,
+    records: list[TaskRecord],
     supervised: set[str] | None,
     on_candidate: Callable[[int, Candidate], None] | None = None,
 ) -> list[SearchRow]:
-    from loramerge.merge.engine import merge_adapters
-
     recipes = [candidate_recipe(recipe, candidate) for candidate in candidates]  # all checked before any work
     rows = []
     with tempfile.TemporaryDirectory(prefix="loramerge-search-") as work:
@@ -190,43 +99,6 @@ def best_row(rows: list[SearchRow], objective: str) -> SearchRow:
     return max(rows, key=lambda row: (objective_value(row, objective), -rows.index(row)))
 
 
-def search_markdown(rows: list[SearchRow], best: SearchRow, objective: str, dev: str, metric: str) -> str:
-    languages = sorted({lang for row in rows for lang in row.languages})
-    header = ["candidate", "supervised", "transfer", "all", *languages]
-    lines = [
-        "## Merge-weight search",
-        "",
-        f"Candidates scored on `{dev}` ({metric}, percent, macro means over languages); chosen by the `{objective}` mean.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---|" + "---:|" * (len(header) - 1),
-    ]
-    for row in rows:
-        marker = " **(chosen)**" if row is best else ""
-        means = [row.means.get(key) for key in ("supervised", "transfer", "all")]
-        cells = ["-" if v is None else f"{v:.1f}" for v in means] + [f"{row.languages.get(lang, 0):.1f}" for lang in languages]
-        lines.append(f"| {row.candidate.label}{marker} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def search_json(rows: list[SearchRow], best: SearchRow, objective: str, dev: str, metric: str) -> dict[str, Any]:
-    return {
-        "dev": dev,
-        "metric": metric,
-        "objective": objective,
-        "chosen": best.candidate.label,
-        "candidates": [
-            {
-                "label": row.candidate.label,
-                "changes": {key: value for key, value in row.candidate.changes.items() if value is not None},
-                "means": row.means,
-                "languages": row.languages,
-            }
-            for row in rows
-        ],
-    }
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     specs: tuple[str, ...]
@@ -240,9 +112,6 @@ class SearchSettings:
 
 
 def base_model_of(recipe: MergeRecipe) -> str:
-    from loramerge.errors import ProblemList
-    from loramerge.merge.inputs import load_source
-
     problems = ProblemList()
     adapter = load_source(recipe.sources[0].path, problems)
     problems.raise_if_any()
@@ -257,16 +126,8 @@ def search_and_merge(
     out: Path,
     overwrite: bool,
     on_candidate: Callable[[int, Candidate], None] | None = None,
-) -> tuple[Any, list[SearchRow], SearchRow]:
+) -> tuple[MergeResult, list[SearchRow], SearchRow]:
     """Score every candidate on the dev set, then write the best merge to `out` with the table in its card."""
-    import json
-
-    from loramerge.atomic import output_dir_problem
-    from loramerge.data.records import read_task_file
-    from loramerge.evaluate.evaluator import Evaluator
-    from loramerge.evaluate.run import parse_supervised
-    from loramerge.merge.engine import merge_adapters
-
     with output_lock(out):
         if settings.objective not in OBJECTIVES:
             raise LoramergeError(f"--search-objective {settings.objective!r}: use one of {', '.join(OBJECTIVES)}")

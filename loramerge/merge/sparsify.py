@@ -1,6 +1,6 @@
 """Entry-wise sparsification and sign election (TIES, DARE), on any matrices: dense updates or core-space cores.
 
-Where mergekit and the papers define a step differently, each choice is a setting (README: conventions):
+Where mergekit and the papers define a step differently, each choice is a setting (docs/merge.md, Conventions where the tools differ):
 - kept_count: "round" keeps round(p n) entries (the nearest count to the density); "floor_min1" keeps
   max(1, int(p n)) (mergekit);
 - dare_rescale: "inverse_density" divides the survivors by p (the DARE paper, PEFT); "l1" rescales them to the

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from loramerge.atomic import fsync_tree
+from filelock import FileLock
+
+from loramerge.atomic import publish_once, usual_mode
 from loramerge.errors import LoramergeError
 from loramerge.hashing import sha256_of_file
+from loramerge.output_lock import notice
 
 PREFIX = "bundled:"
 METADATA_FILE = "loramerge-bundled.json"  # written last into the staging folder: a cache folder without it is not ours
@@ -218,48 +220,8 @@ def metadata(model: BundledModel, sha256: str, seconds: float) -> dict[str, obje
     }
 
 
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[bool]:
-    """Hold an flock on `path` so a second process waits for the first conversion instead of repeating it
-    (60 s and 3.3 GB of memory for gemma). Yields False where flock does not exist (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield False
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def publish(staging: Path, final: Path) -> Path:
-    """Rename the finished staging folder into place. rename() onto an existing non-empty folder fails, so if
-    another process finished first (only possible without flock) its folder stays and ours is dropped."""
-    fsync_tree(staging)  # 1.1 GB for Gemma, once: a crash after the rename must not leave empty weight files
-    try:
-        staging.rename(final)
-    except OSError:
-        if not (final / METADATA_FILE).is_file():
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def stderr_notice(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def ensure_converted(
-    model: BundledModel, root: Path | None = None, convert: Converter = convert_gguf, notify: Notifier = stderr_notice
+    model: BundledModel, root: Path | None = None, convert: Converter = convert_gguf, notify: Notifier = notice
 ) -> Path:
     """The cache folder of `model`, converting the GGUF first if needed. A failed or killed conversion leaves
     no cache folder: everything is built in a `.partial-` folder beside it and renamed when complete."""
@@ -273,30 +235,33 @@ def ensure_converted(
         raise LoramergeError(
             f"cannot create the model cache {final.parent} ({exc}); set LORAMERGE_CACHE to a writable folder"
         ) from exc
-    with exclusive_lock(final.parent / f".{final.name}.lock") as locked:
+    # a second process waits for the first conversion instead of repeating it (60 s and 3.3 GB of memory for gemma)
+    with FileLock(final.parent / f".{final.name}.lock"):
         if (final / METADATA_FILE).is_file():  # converted by another process while we waited for the lock
             return final
         if final.exists():
             raise LoramergeError(
                 f"{final} exists but lacks {METADATA_FILE}: it was not written by loramerge; delete it and rerun"
             )
-        if locked:  # nobody else can be converting this key: these folders are left over from killed runs
-            for stale in [*final.parent.glob(f".{final.name}.partial-*"), *final.parent.glob(f".{final.name}.gguf-*")]:
-                shutil.rmtree(stale, ignore_errors=True)
+        # nobody else can be converting this key: these folders are left over from killed runs
+        for stale in [*final.parent.glob(f".{final.name}.partial-*"), *final.parent.glob(f".{final.name}.gguf-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         notify(
             f"converting {model.spec} ({model.quantization} GGUF -> float32 safetensors, once: about {model.seconds_to_convert} s "
             f"and {model.cache_mb:,} MB) into {final}"
         )
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
         try:
-            staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a LORAMERGE_CACHE shared by a team needs the usual mode
+            staging.chmod(
+                usual_mode(directory=True)
+            )  # mkdtemp makes 0700; a LORAMERGE_CACHE shared by a team needs the usual mode
             started = time.perf_counter()
             scratch = tempfile.TemporaryDirectory(prefix=f".{final.name}.gguf-", dir=final.parent)  # gemma's parts join here
             with scratch, gguf_file(model, Path(scratch.name)) as gguf:
                 convert(gguf, staging)
             info = metadata(model, sha256, time.perf_counter() - started)
             (staging / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            return publish(staging, final)
+            return publish_once(staging, final, METADATA_FILE)
         except OSError as exc:  # a full disk is the likely cause; the partial folder must still go
             shutil.rmtree(staging, ignore_errors=True)
             raise LoramergeError(

@@ -9,14 +9,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from loramerge.dtypes import DTYPES
 from loramerge.errors import LoramergeError
+from loramerge.hub.client import cached_commit
 from loramerge.models import bundled
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,6 @@ def source_commit(source: ModelSource) -> str | None:
     """The Hub commit a model was loaded from (after loading: transformers filled the cache); None if local."""
     if source.is_local or bundled.is_bundled(source.location):
         return None
-    from loramerge.hub.client import cached_commit
 
     return cached_commit(source.location, source.revision)
 

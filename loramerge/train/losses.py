@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # the label value transformers and PEFT use for "not supervised"
+from loramerge.data.tokenization import IGNORE_INDEX
 
 
 def info_nce(

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from loramerge.recipes import StrictModel
 
+Mode = Literal["align", "task"]  # train-align: pairs only; train-task: task data, with pairs jointly
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -27,13 +28,13 @@ class AlignSettings(StrictModel):
     )
     temperature: float = Field(0.1, gt=0.0)
     symmetric: bool = Field(False, description="also score targets against sources (the reference is one-way)")
-    # Measured with `loramerge probe` on gettext pairs in 7 languages (BENCHMARKS.md, pooling): leaving the
+    # Measured with `loramerge probe` on gettext pairs in 7 languages (BENCHMARKS.md, "Alignment pooling"): leaving the
     # first token out lifts retrieval at layer round(L/2) from 0.31 to 0.49 (Gemma-3-270M) and from
     # 0.12 to 0.24 (SmolLM2-135M); its activation is so large it dominates the mean.
     skip_first_token: bool = Field(True, description="leave the first (BOS) token out of the mean")
     # Anisotropy: mean-pooled states of unrelated sentences share one large component (raw cosines ~0.99), so
     # InfoNCE on raw cosines spends its gradient on that shared direction. Measured on Gemma-3-270M, layer 9,
-    # margin retrieval on 100 dev sentences (bench/align_study.py, BENCHMARKS.md): raw, 40 steps at lr 1e-3,
+    # margin retrieval on 100 dev sentences (bench/align_study.py; BENCHMARKS.md, "Why early alignment training lowered retrieval"): raw, 40 steps at lr 1e-3,
     # 69.3 -> 30.0 (aligned languages), 54.5 -> 20.0 (Korean, no alignment data); centred 69.3 -> 89.0, 54.5 -> 74.5.
     center: bool = Field(
         True, description="subtract the micro-batch's mean pooled vector before the cosines; false: the reference's loss"

@@ -155,7 +155,7 @@ def test_gettext_out_that_is_a_folder(setup):
 
 def test_set_with_an_unknown_key_blames_the_flag(setup):
     assert refused(align(setup, str(setup["model"]), "--set", "lora.rnk=4")) == (
-        "error: --set lora.rnk=4: unknown key; check its spelling against the recipe reference in README.md"
+        "error: --set lora.rnk=4: unknown key; check its spelling against the recipe keys in docs/training.md or docs/merge.md"
     )
 
 

@@ -16,16 +16,15 @@ from typer.testing import CliRunner
 
 from loramerge.cli.app import app
 from loramerge.data.corpora import (
-    CatalogError,
     FilterSettings,
     choose_translation,
     extract_gettext,
     pair_rejection,
     parse_split,
-    read_mo,
     rule_rejection,
     split_of,
 )
+from loramerge.data.mo_files import CatalogError, read_mo
 from loramerge.errors import LoramergeError
 
 runner = CliRunner()

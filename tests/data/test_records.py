@@ -8,61 +8,18 @@ from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
-from loramerge.data.records import (
+from loramerge.data.records import SentencePair, TaskRecord, read_pairs_file, read_task_file
+from loramerge.data.tokenization import (
     IGNORE_INDEX,
-    SentencePair,
-    TaskRecord,
     TokenizedTask,
     collate_pairs,
     collate_task,
-    read_pairs_file,
-    read_task_file,
     tokenize_sentences,
+    tokenize_task,
 )
-from loramerge.data.tokenization import tokenize_task
 from loramerge.errors import LoramergeError
-
-CORPUS = ["hello world", "say hello", "the cat sleeps", "le chat dort", "what is two plus two? four", "Translate to French:"]
-SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CONVERSATION = [
-    {"role": "system", "content": "be brief"},
-    {"role": "user", "content": "what is two plus two?"},
-    {"role": "assistant", "content": "four"},
-    {"role": "user", "content": "say hello"},
-    {"role": "assistant", "content": "hello world"},
-]
-
-
-def make_tokenizer(bos: bool = True, chat_template: str | None = None) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on CORPUS: "say hello" becomes ["say", "Ġhello"], so "hel" + "lo" merges."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tokenizer.train_from_iterator(CORPUS * 20, trainer)
-    if bos:  # like Llama: BOS before every text encoded with special tokens
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
-        )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=SPECIALS[4:],
-    )
-    wrapped.chat_template = chat_template
-    return wrapped
+from tests.tiny_tokenizer import CHATML, CONVERSATION, make_tokenizer
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:
@@ -342,5 +299,18 @@ def test_a_collated_task_batch_trains_a_tiny_llama(tmp_path: Path) -> None:
     tokenizer = make_tokenizer()
     model = load_model(save_tiny_llama(tmp_path / "llama", vocab_size=len(tokenizer)))
     examples = tokenize_task([record("what is two plus two?", " four"), record("say", " hello world")], tokenizer, 32)
-    loss = model(**collate_task(examples, tokenizer.pad_token_id)).loss
-    assert torch.isfinite(loss)
+    batch = collate_task(examples, tokenizer.pad_token_id)
+    output = model(**batch)
+    assert torch.isfinite(output.loss)
+    # the model's loss is the mean cross-entropy over exactly the completion tokens: next-token targets, with the
+    # prompt and the padding left out (computed here by hand from the logits and the examples' own labels)
+    targets = batch["labels"][:, 1:]
+    counted = targets != IGNORE_INDEX
+    completion_tokens = sum(sum(label != IGNORE_INDEX for label in example.labels) for example in examples)
+    assert int(counted.sum()) == completion_tokens < int(batch["attention_mask"].sum()) - len(examples)
+    by_hand = torch.nn.functional.cross_entropy(output.logits[:, :-1][counted].float(), targets[counted])
+    assert torch.allclose(output.loss, by_hand, atol=1e-5)
+    # and the mask matters: counting the prompt tokens too gives another loss
+    unmasked = batch["input_ids"][:, 1:][batch["attention_mask"][:, 1:].bool()]
+    everything = torch.nn.functional.cross_entropy(output.logits[:, :-1][batch["attention_mask"][:, 1:].bool()].float(), unmasked)
+    assert not torch.allclose(output.loss, everything, atol=1e-3)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,66 +16,92 @@ from loramerge.cli.app import app
 pytestmark = pytest.mark.xdist_group("smollm2")
 
 
-def test_quick_demo_runs_every_step_and_writes_the_report(smollm2_cache, tmp_path):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+@pytest.fixture(scope="module")
+def demo(smollm2_converted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick demo run, shared by the tests below (each checks one promise of its outputs)."""
+    root = tmp_path_factory.mktemp("quick-demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORAMERGE_CACHE", str(smollm2_converted))
+        result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(root / "demo")])
     assert result.exit_code == 0, result.output
+    assert not list(root.glob(".demo.partial-*"))
+    return root / "demo"
 
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_every_step_writes_its_outputs(demo: Path) -> None:
     for name in ("report.md", "results.json", "scores.png", "retrieval.png", "eval/results.json", "probe/probe.json"):
-        assert (out / name).is_file(), name
-    results = json.loads((out / "results.json").read_text())
-    groups = results["task"]["groups"]
+        assert (demo / name).is_file(), name
+    results = read_json(demo / "results.json")
+    assert set(results["seconds"]) >= {"data", "train-align", "train-task", "merge", "eval", "probe", "total"}
+    assert results["merge"]["exact"] and results["merge"]["rank_max"] == 16  # cat of two r=8 adapters
+    assert results["retrieval"]["layer"] == results["training"]["align"]["align_layer"] == 15  # round(30 / 2)
+
+
+def test_each_language_group_is_the_mean_of_the_evaluations_scores(demo: Path) -> None:
+    groups = read_json(demo / "results.json")["task"]["groups"]
+    evaluation = read_json(demo / "eval" / "results.json")["variants"]
     assert set(groups) == {"base", "task", "merged"}
-    evaluation = json.loads((out / "eval" / "results.json").read_text())["variants"]
     members = {
         "supervised": ["en", "fr"],
         "transfer (aligned)": ["ru", "zh_CN", "ja"],
         "transfer (no alignment data)": ["ko"],
         "transfer": ["ru", "zh_CN", "ja", "ko"],
     }
-    for name, variant in groups.items():  # each group is the mean of the evaluation's per-language scores
+    for name, variant in groups.items():
         assert set(variant) == set(members)
         scores = evaluation[name]["languages"]
         for group, langs in members.items():
             assert variant[group] == pytest.approx(sum(scores[lang]["score"] for lang in langs) / len(langs), abs=0.01)
-    assert results["merge"]["exact"] and results["merge"]["rank_max"] == 16  # cat of two r=8 adapters
-    assert set(results["retrieval"]["variants"]) == {"base", "align", "merged"}
-    by_group = results["retrieval"]["by_direction_group"]
-    assert set(by_group) == {"base", "align", "merged"}
-    assert set(by_group["align"]) == {"aligned languages", "no alignment data"}
-    intervals = results["task"]["intervals"]
+
+
+def test_intervals_bracket_the_scores_and_the_gain_is_paired(demo: Path) -> None:
+    intervals = read_json(demo / "results.json")["task"]["intervals"]
+    evaluation = read_json(demo / "eval" / "results.json")["variants"]
     assert set(intervals["languages"]) == {"en", "fr", "ru", "zh_CN", "ja", "ko"}
-    for language, per_variant in intervals["languages"].items():  # each interval brackets eval's own score
+    for language, per_variant in intervals["languages"].items():
         for name, interval in per_variant.items():
             assert interval["low"] <= evaluation[name]["languages"][language]["score"] <= interval["high"]
     gains = intervals["gain over task"]
     assert gains["transfer"]["items"] == 4 * 4  # 4 test entities x 4 transfer languages, paired
     assert gains["transfer"]["merged"]["verdict"] in {"improved", "worse", "no detectable change"}
-    assert results["retrieval"]["layer"] == results["training"]["align"]["align_layer"] == 15  # round(30 / 2)
-    assert set(results["seconds"]) >= {"data", "train-align", "train-task", "merge", "eval", "probe", "total"}
 
-    # The merged adapter's config points at adapters/ relative to the demo folder, and the bundled base.
-    assert PeftConfig.from_pretrained(str(out / "adapters" / "merged")).base_model_name_or_path == "bundled:smollm2-135m"
-    # Test items are parallel: the same entities in every language; training data only in en and fr.
-    test = [json.loads(line) for line in (out / "data/task/test-demo.jsonl").read_text().splitlines()]
+
+def test_retrieval_is_reported_per_variant_and_direction_group(demo: Path) -> None:
+    retrieval = read_json(demo / "results.json")["retrieval"]
+    assert set(retrieval["variants"]) == {"base", "align", "merged"}
+    assert set(retrieval["by_direction_group"]) == {"base", "align", "merged"}
+    assert set(retrieval["by_direction_group"]["align"]) == {"aligned languages", "no alignment data"}
+
+
+def test_test_items_are_parallel_and_training_languages_are_as_planned(demo: Path) -> None:
+    test = [json.loads(line) for line in (demo / "data/task/test-demo.jsonl").read_text().splitlines()]
     ids_by_lang: dict[str, set[str]] = {}
     for record in test:
         ids_by_lang.setdefault(record["lang"], set()).add(record["id"])
     assert len(ids_by_lang) == 6 and len({frozenset(ids) for ids in ids_by_lang.values()}) == 1
-    train = [json.loads(line) for line in (out / "data/task/train.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (demo / "data/task/train.jsonl").read_text().splitlines()]
     assert {record["lang"] for record in train} == {"en", "fr"}
-    pairs_langs = {json.loads(line)["target_lang"] for line in (out / "data/pairs-train.jsonl").read_text().splitlines()}
+    pairs_langs = {json.loads(line)["target_lang"] for line in (demo / "data/pairs-train.jsonl").read_text().splitlines()}
     assert pairs_langs == {"ru", "zh_CN", "ja"}  # Korean: a transfer language without alignment data
 
-    # Each step's recipe reruns from the demo folder.
-    task_recipe = yaml.safe_load((out / "recipes/task.yaml").read_text())
-    assert task_recipe["data"] == "data/task/train.jsonl" and (out / task_recipe["data"]).is_file()
-    merge_recipe = yaml.safe_load((out / "recipes/merge.yaml").read_text())
+
+def test_each_steps_recipe_reruns_from_the_demo_folder(demo: Path) -> None:
+    # the merged adapter's config points at the bundled base; the recipes at files relative to the demo folder
+    assert PeftConfig.from_pretrained(str(demo / "adapters" / "merged")).base_model_name_or_path == "bundled:smollm2-135m"
+    task_recipe = yaml.safe_load((demo / "recipes/task.yaml").read_text())
+    assert task_recipe["data"] == "data/task/train.jsonl" and (demo / task_recipe["data"]).is_file()
+    merge_recipe = yaml.safe_load((demo / "recipes/merge.yaml").read_text())
     assert [source["path"] for source in merge_recipe["sources"]] == ["adapters/task", "adapters/align"]
-    report = (out / "report.md").read_text()
+
+
+def test_the_report_states_the_verdict_by_language_group(demo: Path) -> None:
+    report = (demo / "report.md").read_text()
     assert "transfer (no alignment data)" in report and "| en | supervised |" in report
     assert "## Did transfer improve?" in report and "over task-only on the transfer languages" in report
-    assert not list(tmp_path.glob(".demo.partial-*"))
 
 
 def test_demo_refuses_an_output_that_is_a_file(tmp_path):

@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
-from loramerge.data.records import IGNORE_INDEX, TaskRecord
-from loramerge.data.tokenization import prompt_ids, tokenize_task
+from loramerge.data.records import TaskRecord
+from loramerge.data.tokenization import IGNORE_INDEX, prompt_ids, tokenize_task
 from loramerge.evaluate.evaluator import Evaluator, score_predictions
 from loramerge.evaluate.generation import generate_greedy, left_pad, length_batches, stop_ids, until_stop
 from loramerge.evaluate.metrics import METRICS, LanguageScore
 from loramerge.models.loading import load_tokenizer, parse_model_spec
-from loramerge.testing.tiny import ALL_LINEAR, load_model, randomize_trainable
-from tests.data.test_records import CHATML, CONVERSATION, make_tokenizer
+from loramerge.testing.tiny import load_model
+from tests.helpers import save_adapter
+from tests.tiny_tokenizer import CHATML, CONVERSATION, make_tokenizer
 
 ModelDir = Callable[[str], Path]
 PROMPTS = ["The file", "Save the document before closing. Le", "a", "The network connection was lost. Voulez-vous", "Your"]
@@ -28,16 +28,6 @@ PROMPTS = ["The file", "Save the document before closing. Le", "a", "The network
 
 def record(prompt: str, completion: str, lang: str | None = None, line: int = 1) -> TaskRecord:
     return TaskRecord(prompt, completion, None, lang, line)
-
-
-def save_adapter(model_dir: Path, out: Path, std: float) -> Path:
-    """A LoRA adapter on every linear layer: std 0 keeps PEFT's initialisation (B = 0, no change to the
-    model); a large std changes the model enough to change greedy outputs."""
-    model = get_peft_model(load_model(model_dir), LoraConfig(target_modules=ALL_LINEAR, r=4, lora_alpha=8))
-    if std:
-        randomize_trainable(model, seed=5, std=std)
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
 from tests.conftest import edit_config
-from tests.helpers import copy_adapter, leftovers
+from tests.helpers import adapter_tensors, copy_adapter, leftovers
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_different_base_models(task_adapter, tmp_path):
 
 def test_shape_mismatch(task_adapter, tmp_path):
     other = copy_adapter(task_adapter, tmp_path / "other")
-    weights = load_file(str(other / "adapter_model.safetensors"))
+    weights = adapter_tensors(other)
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     weights[key] = torch.zeros(8, 32)
     save_file(weights, str(other / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -152,7 +152,7 @@ def test_invalid_config_json(task_adapter, tmp_path):
 
 def test_nan_tensors(task_adapter, tmp_path):
     other = copy_adapter(task_adapter, tmp_path / "nan")
-    weights = load_file(str(other / "adapter_model.safetensors"))
+    weights = adapter_tensors(other)
     key = "base_model.model.model.layers.2.mlp.up_proj.lora_B.weight"
     weights[key][0, 0] = float("nan")
     save_file(weights, str(other / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -162,7 +162,7 @@ def test_nan_tensors(task_adapter, tmp_path):
 
 def test_pickled_bin_weights(task_adapter, tmp_path):
     other = copy_adapter(task_adapter, tmp_path / "pickled")
-    torch.save(load_file(str(other / "adapter_model.safetensors")), other / "adapter_model.bin")
+    torch.save(adapter_tensors(other), other / "adapter_model.bin")
     (other / "adapter_model.safetensors").unlink()
     out = tmp_path / "m"
     assert_refused(run(str(other), "--out", str(out)), out, "adapter_model.bin", "safe_serialization=True")
@@ -198,10 +198,7 @@ def test_a_core_space_method_with_its_keys_and_its_rerunnable_recipe(task_adapte
     # recipe.yaml holds only what was set, so it reruns as is: no key the method does not read
     again = run("--recipe", str(out / "recipe.yaml"), "--out", str(tmp_path / "again"))
     assert again.exit_code == 0, again.output
-    assert (
-        load_file(str(out / "adapter_model.safetensors")).keys()
-        == load_file(str(tmp_path / "again" / "adapter_model.safetensors")).keys()
-    )
+    assert adapter_tensors(out).keys() == adapter_tensors(tmp_path / "again").keys()
 
 
 def test_a_key_the_method_does_not_read_is_refused_on_one_line(task_adapter, align_adapter, tmp_path):

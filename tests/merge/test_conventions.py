@@ -122,7 +122,7 @@ def test_mergekit_conventions_use_mergekits_per_method_defaults():
 
 @pytest.mark.parametrize("method", ["magnitude_prune", "dare_linear"])
 def test_a_module_an_adapter_lacks_counts_as_zero_with_its_weight(tiny_base, task_adapter, attention_adapter, tmp_path, method):
-    """README: a module an adapter lacks counts as dW = 0 there. A normalised linear merge divides by every weight
+    """docs/merge.md: a module an adapter lacks counts as dW = 0 there. A normalised linear merge divides by every weight
     (mergekit), so the task adapter's MLP modules, which the attention adapter lacks, come out as 1 / (1 + 0.6)."""
     from loramerge import merge_adapters
     from loramerge.testing.verify import peft_delta_weights

@@ -2,7 +2,7 @@
 
 The references work on the dense out x in updates dW_i = s_i B_i A_i. LoRA merges have at most R = sum of
 input ranks non-zero singular directions, so sizes count in D = min(out, in, R) and directions with a zero
-singular value are dropped (README: merge methods); everything else follows the papers.
+singular value are dropped (docs/merge.md, Methods); everything else follows the papers.
 """
 
 from __future__ import annotations

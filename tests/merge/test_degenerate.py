@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
 from loramerge.merge.methods import METHODS, Contribution, MethodSettings
-from tests.helpers import copy_adapter, leftovers
+from tests.helpers import adapter_tensors, copy_adapter, leftovers
 
 OUT, IN = 48, 40
 runner = CliRunner()
@@ -169,7 +169,7 @@ def test_a_non_finite_input_tensor_is_refused_before_any_work(
     task_adapter: Path, align_adapter: Path, tmp_path: Path, method: str
 ) -> None:
     broken = copy_adapter(task_adapter, tmp_path / "broken")
-    weights = load_file(str(broken / "adapter_model.safetensors"))
+    weights = adapter_tensors(broken)
     key = sorted(k for k in weights if "lora_B" in k)[3]
     weights[key][1, 0] = float("inf")
     save_file(weights, str(broken / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -215,13 +215,13 @@ def test_the_reported_error_includes_rounding_to_the_output_dtype(
     result = run(str(task_adapter), str(align_adapter), "--dtype", "bfloat16", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "merge_report.json").read_text())
-    written = load_file(str(out / "adapter_model.safetensors"))
+    written = adapter_tensors(out)
     name, entry = next(iter(report["modules"].items()))
     a = written[f"base_model.model.{name}.lora_A.weight"].double()
     b = written[f"base_model.model.{name}.lora_B.weight"].double()
     exact = run(str(task_adapter), str(align_adapter), "--out", str(tmp_path / "f32"))
     assert exact.exit_code == 0
-    f32 = load_file(str(tmp_path / "f32" / "adapter_model.safetensors"))
+    f32 = adapter_tensors(tmp_path / "f32")
     target = f32[f"base_model.model.{name}.lora_B.weight"].double() @ f32[f"base_model.model.{name}.lora_A.weight"].double()
     measured = float((b @ a - target).norm() / target.norm())
     assert 1e-4 < entry["dtype_relative_error"] < 2e-2
@@ -234,7 +234,7 @@ def test_two_untrained_adapters_give_a_zero_merge_with_a_warning(task_adapter: P
     zeros = []
     for name in ("z1", "z2"):
         folder = copy_adapter(task_adapter, tmp_path / name)
-        weights = load_file(str(folder / "adapter_model.safetensors"))
+        weights = adapter_tensors(folder)
         save_file(
             {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
             str(folder / "adapter_model.safetensors"),

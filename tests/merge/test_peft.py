@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import load_file
 
 from loramerge import merge_adapters
 from loramerge.testing.tiny import load_model
 from loramerge.testing.verify import merged_logits_gap, peft_delta_weights
-from tests.helpers import relative_error, tensor_keys, weighted_sum
+from tests.helpers import adapter_tensors, relative_error, tensor_keys, weighted_sum
 
 
 def sources(*pairs):
@@ -51,8 +50,8 @@ def test_modules_to_save_are_carried_through_as_trained(tiny_base, make_adapter,
     head = make_adapter("with-head", seed=5, r=4, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
     out = tmp_path / "m"
     result = merge_adapters(sources((task_adapter, 1.0), (head, 1.0)), out)
-    trained = load_file(str(head / "adapter_model.safetensors"))["base_model.model.lm_head.weight"]
-    assert torch.equal(load_file(str(out / "adapter_model.safetensors"))["base_model.model.lm_head.weight"], trained)
+    trained = adapter_tensors(head)["base_model.model.lm_head.weight"]
+    assert torch.equal(adapter_tensors(out)["base_model.model.lm_head.weight"], trained)
     model = PeftModel.from_pretrained(load_model(tiny_base), str(out))
     assert torch.equal(model.base_model.model.lm_head.modules_to_save["default"].weight, trained)
     assert any("vLLM rejects" in warning for warning in result.warnings)
@@ -76,7 +75,7 @@ def test_linear_reproduces_peft_add_weighted_adapter(tiny_base, make_adapter, tm
 
 def test_output_dtype(task_adapter, tmp_path):
     merge_adapters({**sources((task_adapter, 1.0)), "dtype": "bfloat16"}, tmp_path / "m")
-    assert {t.dtype for t in load_file(str(tmp_path / "m" / "adapter_model.safetensors")).values()} == {torch.bfloat16}
+    assert {t.dtype for t in adapter_tensors(tmp_path / "m").values()} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize(
@@ -86,11 +85,11 @@ def test_sparsifying_methods_are_seeded_and_deterministic(task_adapter, attentio
     recipe = {**sources((task_adapter, 1.0), (attention_adapter, 1.0)), "method": method, "density": 0.3, "rank": 6}
     merge_adapters(recipe, tmp_path / "one")
     merge_adapters(recipe, tmp_path / "two")
-    one, two = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("one", "two"))
+    one, two = (adapter_tensors(tmp_path / name) for name in ("one", "two"))
     assert one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
     if "dare" in method:  # the seed decides which entries DARE drops
         merge_adapters({**recipe, "seed": 1}, tmp_path / "other-seed")
-        other = load_file(str(tmp_path / "other-seed" / "adapter_model.safetensors"))
+        other = adapter_tensors(tmp_path / "other-seed")
         assert any(not torch.equal(one[key], other[key]) for key in one)
 
 
@@ -111,7 +110,7 @@ def test_the_portable_layout_has_one_rank_and_no_patterns_and_peft_serves_it_exa
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == config["lora_alpha"] == 12 and config["use_rslora"] is False
     assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
-    tensors = load_file(str(out / "adapter_model.safetensors"))
+    tensors = adapter_tensors(out)
     assert {t.shape[0] for k, t in tensors.items() if "lora_A" in k} == {12}
     assert {t.shape[1] for k, t in tensors.items() if "lora_B" in k} == {12}
     # layers 2-3 have only the task's rank 8: the padding is zeros, so their update is unchanged

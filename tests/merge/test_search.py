@@ -15,7 +15,7 @@ from loramerge.data.records import read_task_file
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.evaluator import Evaluator
 from loramerge.merge.recipe import MergeRecipe
-from loramerge.merge.search import candidate_recipe, grid_file, parse_grid
+from loramerge.merge.search_grid import candidate_recipe, grid_file, parse_grid
 from tests.evaluate.test_eval import save_adapter
 
 RECIPE = MergeRecipe.model_validate(

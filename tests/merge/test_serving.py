@@ -21,19 +21,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from loramerge import merge_adapters
 from loramerge.cli.app import app
 from loramerge.testing.verify import peft_delta_weights
-from tests.helpers import copy_adapter, relative_error
+from tests.helpers import adapter_tensors, copy_adapter, relative_error
 
 PREFIX = "base_model.model."
 
 
 def factors(adapter: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    tensors = adapter_tensors(adapter)
     return {
         key[len(PREFIX) : -len(".lora_A.weight")]: (tensor.double(), tensors[key.replace("lora_A", "lora_B")].double())
         for key, tensor in tensors.items()

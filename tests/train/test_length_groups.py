@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from loramerge.data.records import IGNORE_INDEX, collate_pairs
+from loramerge.data.tokenization import IGNORE_INDEX, collate_pairs
 from loramerge.testing.tiny import ALL_LINEAR, randomize_trainable
 from loramerge.train.length_groups import length_groups, row_lengths
 from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from loramerge.data.records import IGNORE_INDEX
+from loramerge.data.tokenization import IGNORE_INDEX
 from loramerge.testing.tiny import ALL_LINEAR, randomize_trainable
 from loramerge.train.losses import predicting_positions, supervised_tokens, task_loss
 from loramerge.train.objectives import TASK, ObjectiveModel

@@ -3,7 +3,6 @@ process, and a run killed after a checkpoint resumes from every process's optimi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
+
+from tests.helpers import adapter_tensors, run_with_fault
 
 CONFIG = "recipes/accelerate/fsdp-cpu-2proc.yaml"
 STEPS = "6"
@@ -29,20 +30,12 @@ def train_task(model_dir: Path, data: dict[str, Path], out: Path, *extra: str) -
 
 
 def run(command: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    environment.pop("LORAMERGE_FAULT", None)
-    if fault is not None:
-        environment["LORAMERGE_FAULT"] = fault
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    return run_with_fault(command, fault, OMP_NUM_THREADS="1")
 
 
 def launch_fsdp(arguments: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG]
     return run([*accelerate, "-m", "loramerge", *arguments], fault)
-
-
-def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "adapter_model.safetensors"))
 
 
 def assert_same_adapter(actual: Path, expected: Path, atol: float, rtol: float) -> None:

@@ -7,7 +7,6 @@ import signal
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
@@ -15,17 +14,13 @@ from loramerge.recipes import load_recipe
 from loramerge.testing.tiny import load_model
 from loramerge.train.recipe import TrainRecipe
 from loramerge.train.run import train_adapter
-from tests.helpers import leftovers
+from tests.helpers import adapter_tensors, leftovers
 
 TINY = "recipes/tiny/tiny-{}.yaml"
 
 
 def recipe(kind: str, **flags) -> TrainRecipe:
     return load_recipe(TrainRecipe, __import__("pathlib").Path(TINY.format(kind)), flags=flags)
-
-
-def adapter_tensors(folder) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "adapter_model.safetensors"))
 
 
 def align_args(model_dir, pairs, *extra: str) -> list[str]:
