@@ -142,11 +142,15 @@ def child(spec: dict[str, Any]) -> None:
     )
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], checkout: Path | None = None) -> dict[str, Any]:
+    """One job in a fresh interpreter; with `checkout`, that checkout's loramerge and bench/merge.py run it (a
+    before/after comparison in one run)."""
     # Remove the previous output first: with overwrite the merge would also time deleting it.
     shutil.rmtree(spec["out"], ignore_errors=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True, check=True))
+    script = (checkout / "bench" / "merge.py") if checkout else Path(__file__).resolve()
+    environment = {**os.environ, "PYTHONPATH": str(checkout)} if checkout else None
+    command = [sys.executable, str(script), "--child", json.dumps(spec)]
+    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True, check=True, env=environment))
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {**result, "process_seconds": seconds, "output_mb": folder_mb(Path(spec["out"]))}
 
@@ -203,6 +207,45 @@ def bench_methods(layers: int, slice_layers: int, repeats: int, counts: tuple[in
         results[str(count)] = found
     results["input_mb_each"] = folder_mb(full[0])
     return results
+
+
+def bench_svd(repeats: int, baseline: Path | None, counts: tuple[int, ...] = (2, 4)) -> dict[str, Any]:
+    """svd at full rank on the --methods adapters (32 layers, r=16, weights METHOD_WEIGHTS) beside iso_c (a core
+    method) and the I/O floor, fresh processes interleaved; with a baseline checkout, its svd in the same rounds."""
+    full = [OUT / "llama3-8b-methods" / f"a{index}" for index in range(max(counts))]
+    for seed, folder in enumerate(full):
+        synthetic_adapter(folder, 32, seed)
+    results: dict[str, Any] = {}
+    for count in counts:
+        root, runs = full[0].parent, {}
+        jobs = {"svd": (method_spec(full[:count], root, "svd"), None), "iso_c": (method_spec(full[:count], root, "iso_c"), None)}
+        if baseline is not None:
+            jobs["svd (baseline)"] = ({**method_spec(full[:count], root, "svd"), "out": str(root / "svd-baseline")}, baseline)
+        floor = {
+            "kind": "floor",
+            "inputs": [str(a / "adapter_model.safetensors") for a in full[:count]],
+            "out": str(root / "floor"),
+        }
+        jobs["io_floor"] = (floor, None)
+        for _ in range(repeats):
+            for name, (spec, checkout) in jobs.items():
+                runs.setdefault(name, []).append(run_child(spec, checkout))
+                shutil.rmtree(spec["out"], ignore_errors=True)
+        results[str(count)] = {name: medians(measured) for name, measured in runs.items()}
+    return results
+
+
+def svd_markdown(results: dict[str, Any], meta_: dict[str, Any]) -> str:
+    names = list(results["2"])
+    lines = [f"{meta_['command']} at {meta_['git_head']}; median of {meta_['repeats']} fresh processes, interleaved", ""]
+    lines += table(
+        ["adapters", *(f"{name}: call s / peak RSS MB" for name in names)],
+        [
+            [count, *(f"{found[name]['seconds']:.2f} / {found[name]['peak_rss_mb']:.0f}" for name in names)]
+            for count, found in results.items()
+        ],
+    )
+    return "\n".join(lines)
 
 
 def method_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -528,13 +571,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark loramerge merges against the I/O floor and PEFT.")
     parser.add_argument("--quick", action="store_true", help="small shapes, one repeat: a smoke test under 60 s")
     parser.add_argument("--methods", action="store_true", help="only: every method on 2 and 4 adapters vs dense ties")
+    parser.add_argument("--svd", action="store_true", help="only: svd beside iso_c and the I/O floor, 2 and 4 adapters")
+    parser.add_argument("--baseline", type=Path, help="--svd: also run svd from this checkout (before/after in one run)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measured job in a fresh process
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
     OUT.mkdir(parents=True, exist_ok=True)
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else args.repeats
+    if args.svd:
+        meta_ = meta(args.quick, repeats)
+        meta_["command"] += " --svd" + (f" --baseline {args.baseline}" if args.baseline else "")
+        results = bench_svd(repeats, args.baseline)
+        print(svd_markdown(results, meta_))
+        (OUT / "merge-svd.json").write_text(json.dumps({"meta": meta_, **results}, indent=2) + "\n")
+        return
     if args.methods:
         meta_ = meta(args.quick, repeats)
         meta_["command"] += " --methods"
