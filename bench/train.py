@@ -57,7 +57,8 @@ class Case:
     model: str
     mode: str  # task | align | joint
     data: str  # demo | prompt-heavy (task data); pairs always the demo's
-    # "loramerge", "trainer", "before" (loramerge at --before), "loramerge-task", "loramerge-checkpointing"
+    # "loramerge", "trainer", "before" (loramerge at --before), "loramerge-task", "loramerge-checkpointing",
+    # "loramerge-nosplit" (split_by_length off: what the length split buys or costs)
     sides: tuple[str, ...]
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
@@ -69,6 +70,8 @@ CASES = [
     Case("gemma-joint", GEMMA, "joint", "demo", ("loramerge", "loramerge-task")),
     Case("smollm2-task", SMOLLM2, "task", "demo", ("loramerge", "trainer", "before")),
     Case("smollm2-align", SMOLLM2, "align", "demo", ("loramerge", "trainer")),
+    Case("gemma-split", GEMMA, "task", "demo", ("loramerge", "loramerge-nosplit")),
+    Case("smollm2-split", SMOLLM2, "task", "demo", ("loramerge", "loramerge-nosplit")),
 ]
 
 
@@ -244,6 +247,8 @@ def side_spec(label: str, case: Case, recipe: dict[str, Any], work: Path, device
         recipe = {key: value for key, value in recipe.items() if key not in ("pairs", "task_per_align")}
     if label == "loramerge-checkpointing":  # activations recomputed in the backward pass: memory for time
         recipe = {**recipe, "gradient_checkpointing": True}
+    if label == "loramerge-nosplit":
+        recipe = {**recipe, "split_by_length": False}
     return {"side": side, "mode": mode, "recipe": recipe, "out": str(work / f"{case.name}-{label}"), "device": device}
 
 
@@ -277,6 +282,8 @@ def run_case(case: Case, data: dict[str, Path], args: argparse.Namespace, work: 
             result[f"loramerge_vs_{other}"] = paired(named["loramerge"], named[other], args.warmup)
     if "loramerge-checkpointing" in named and "trainer" in named:
         result["checkpointing_vs_trainer"] = paired(named["loramerge-checkpointing"], named["trainer"], args.warmup)
+    if "loramerge-nosplit" in named:
+        result["split_vs_nosplit"] = paired(named["loramerge"], named["loramerge-nosplit"], args.warmup)
     if "loramerge-task" in named:
         result["joint_over_task"] = joint_cost(named["loramerge"], named["loramerge-task"], args.warmup)
     return result
@@ -332,6 +339,13 @@ def markdown(results: dict[str, Any]) -> str:
             memory = case["sides"]["loramerge-checkpointing"]["vmhwm_mib"] / case["sides"]["trainer"]["vmhwm_mib"]
             lines.append(
                 f"| {case['case']} | loramerge with gradient checkpointing / trainer tokens/s | {ratio['median']:.3f} "
+                f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
+            )
+        if "split_vs_nosplit" in case:
+            ratio = case["split_vs_nosplit"]
+            memory = case["sides"]["loramerge"]["vmhwm_mib"] / case["sides"]["loramerge-nosplit"]["vmhwm_mib"]
+            lines.append(
+                f"| {case['case']} | length split / no split tokens/s | {ratio['median']:.3f} "
                 f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
             )
         if "joint_over_task" in case:
