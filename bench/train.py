@@ -326,28 +326,20 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += ["", "| case | comparison | median ratio (quartiles) | pairs | memory ratio |", "|---|---|---:|---:|---:|"]
     for case in results["cases"]:
-        for other in ("trainer", "before"):
-            if (key := f"loramerge_vs_{other}") in case:
+        # (result key, the compared sides, how the row names the comparison)
+        comparisons = [(f"loramerge_vs_{other}", "loramerge", other, f"loramerge / {other}") for other in ("trainer", "before")]
+        comparisons += [
+            ("checkpointing_vs_trainer", "loramerge-checkpointing", "trainer", "loramerge with gradient checkpointing / trainer"),
+            ("split_vs_nosplit", "loramerge", "loramerge-nosplit", "length split / no split"),
+        ]
+        for key, first, second, label in comparisons:
+            if key in case:
                 ratio = case[key]
-                memory = case["sides"]["loramerge"]["vmhwm_mib"] / case["sides"][other]["vmhwm_mib"]
+                memory = case["sides"][first]["vmhwm_mib"] / case["sides"][second]["vmhwm_mib"]
                 lines.append(
-                    f"| {case['case']} | loramerge / {other} tokens/s | {ratio['median']:.3f} "
+                    f"| {case['case']} | {label} tokens/s | {ratio['median']:.3f} "
                     f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
                 )
-        if "checkpointing_vs_trainer" in case:
-            ratio = case["checkpointing_vs_trainer"]
-            memory = case["sides"]["loramerge-checkpointing"]["vmhwm_mib"] / case["sides"]["trainer"]["vmhwm_mib"]
-            lines.append(
-                f"| {case['case']} | loramerge with gradient checkpointing / trainer tokens/s | {ratio['median']:.3f} "
-                f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
-            )
-        if "split_vs_nosplit" in case:
-            ratio = case["split_vs_nosplit"]
-            memory = case["sides"]["loramerge"]["vmhwm_mib"] / case["sides"]["loramerge-nosplit"]["vmhwm_mib"]
-            lines.append(
-                f"| {case['case']} | length split / no split tokens/s | {ratio['median']:.3f} "
-                f"({ratio['quartiles'][0]:.3f}-{ratio['quartiles'][1]:.3f}) | {ratio['pairs']} | {memory:.3f} |"
-            )
         if "joint_over_task" in case:
             joint = case["joint_over_task"]
             lines.append(f"| {case['case']} | joint step / task step time | {joint['median']:.3f} | {joint['pairs']} | |")

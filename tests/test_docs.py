@@ -108,3 +108,15 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert block, "README.md has lost its 'Tests (what CI runs, in `.ci/run`)' block"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert block.group(1) in ci, ".ci/run must run the README's test command exactly, as one line"
+
+
+def test_the_training_recipe_reference_shows_every_key_with_its_default() -> None:
+    """docs/training.md's "Recipe keys" block is the schema's defaults, so the reference cannot drift from the code."""
+    import yaml
+
+    from loramerge.train.recipe import TrainRecipe
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text.split("### Recipe keys", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == TrainRecipe().model_dump(mode="json")
