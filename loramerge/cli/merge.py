@@ -28,15 +28,34 @@ OverridesOption = Annotated[
 ]
 
 
+def check_sources_given_once(recipe: Path | None, overrides: list[str] | None) -> None:
+    """Adapters given as arguments replace the recipe's sources; what that would drop silently is refused."""
+    from loramerge.recipes import recipe_data
+
+    for assignment in overrides or []:
+        if assignment.split("=", 1)[0].strip().split(".")[0] == "sources":
+            raise LoramergeError(
+                f"--set {assignment}: the adapters given as arguments replace the recipe's sources, so this would be "
+                "ignored; set their weights with --weights, or list the adapters under 'sources' in the recipe"
+            )
+    if recipe is not None and recipe_data(recipe, None).get("sources"):
+        raise LoramergeError(
+            f"{recipe} lists 'sources' and adapters are given as arguments too; give the adapters one way: drop the "
+            "arguments, or the recipe's 'sources'"
+        )
+
+
 def merge_recipe_from_flags(
     sources: list[str] | None, recipe: Path | None, overrides: list[str] | None, weights: str | None, flags: dict[str, Any]
 ) -> MergeRecipe:
-    """Recipe file < --set < flags. SRC arguments replace the recipe's sources; --weights sets their weights."""
+    """Recipe file < --set < flags. SRC arguments stand for the recipe's sources (a recipe that lists its own, or a
+    --set on them, is refused); --weights sets their weights."""
     from loramerge.merge.recipe import MergeRecipe
     from loramerge.recipes import override_origins, recipe_data, validate_recipe
 
     data = recipe_data(recipe, overrides)
     if sources:
+        check_sources_given_once(recipe, overrides)
         data["sources"] = [{"path": path} for path in sources]
     if not data.get("sources"):
         raise LoramergeError("no adapters to merge: pass adapter folders as arguments or a --recipe with 'sources'")

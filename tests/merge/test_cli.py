@@ -62,6 +62,21 @@ def test_recipe_with_overrides_and_flags(task_adapter, align_adapter, tmp_path):
     assert "method: svd" in resolved and "weight: 0.25" in resolved and "rank: 4" in resolved
 
 
+def test_adapters_given_twice_or_overrides_that_would_be_ignored_are_refused(task_adapter, align_adapter, tmp_path):
+    """SRC arguments replace the recipe's sources: a --set on those sources, or a recipe that lists its own, would
+    be dropped without a word, so both are refused."""
+    out = tmp_path / "m"
+    ignored = run(str(task_adapter), str(align_adapter), "--set", "sources.1.weight=0.25", "--out", str(out))
+    assert_refused(ignored, out, "--set sources.1.weight=0.25", "--weights")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"sources:\n  - path: {task_adapter}\n  - path: {align_adapter}\n    weight: 0.3\n")
+    twice = run(str(task_adapter), "--recipe", str(recipe), "--out", str(out))
+    assert_refused(twice, out, str(recipe), "'sources'", "one way")
+    method_only = tmp_path / "method.yaml"
+    method_only.write_text("method: svd\nrank: 4\n")  # a recipe without sources still combines with arguments
+    assert run(str(task_adapter), str(align_adapter), "--recipe", str(method_only), "--out", str(out)).exit_code == 0
+
+
 def test_existing_output_is_kept_unless_overwrite(task_adapter, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
