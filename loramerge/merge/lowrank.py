@@ -1,10 +1,10 @@
-"""Low-rank linear algebra on factors: SVD of B @ A without ever forming the dense matrix.
-
-For B (out x R) and A (R x in): QR(B) = Qb Rb, QR(A^T) = Qa Ra, SVD(Rb Ra^T) = U S V^T, so
-B @ A = (Qb U) S (V^T Qa^T). The SVD is of an R x R core: O((out + in) R^2 + R^3) instead of
-O(out * in * min(out, in)). Measured on 2 CPU cores, fp32, 4096 x 4096 with R = 32: dense SVD
-38-76 s, this 4 ms. Everything runs in float32 even for bf16 inputs: bf16's 8-bit mantissa would
-lose the small singular values that decide the truncation.
+"""Low-rank linear algebra: spectra and their optimal (Eckart-Young) truncation, norms of B @ A from Gram
+matrices, and a randomised SVD for the dense updates of the sparsifying methods. The exact SVD of a weighted sum
+of LoRA factors goes through the R x R core of core_space.py and never forms the out x in matrix: on 2 CPU
+cores, fp32, 4096 x 4096 with R = 32, a dense SVD took 38-76 s and the QR-core route svd used before 4 ms; the
+Gram route takes 0.37x of that route per module (BENCHMARKS.md, svd through the core-space Gram route).
+Everything runs in float32 even for bf16 inputs: bf16's 8-bit mantissa would lose the small singular values that
+decide the truncation.
 """
 
 from __future__ import annotations
@@ -40,14 +40,6 @@ class Truncation:
     retained_energy: float | None  # None where it has no meaning (PEFT-compatible 'linear')
     relative_error: float
     task_retained: tuple[float, ...] | None = None  # core methods: each input's share of its own update kept
-
-
-def factor_svd(b: torch.Tensor, a: torch.Tensor) -> Spectrum:
-    """Exact thin SVD of b @ a from QR of the factors and an SVD of the small core."""
-    q_b, r_b = torch.linalg.qr(b.float())
-    q_a, r_a = torch.linalg.qr(a.float().T)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
-    return Spectrum(left=q_b @ u, values=s, right=vh @ q_a.T)
 
 
 def product_frobenius_norm(b: torch.Tensor, a: torch.Tensor) -> float:

@@ -41,7 +41,7 @@ def planned_rank(recipe: MergeRecipe, adapters: list[LoraAdapter], name: str) ->
     if rule == "first":
         return modules[0].rank
     if rule == "target" and recipe.energy is None:
-        # the QR-core SVD has min(out, in, R) singular values
+        # the core-space SVD has min(out, in, R) singular values
         available = min(modules[0].out_features, modules[0].in_features, total)
         return min(recipe.rank if recipe.rank is not None else total, available)
     return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramerge.merge.lowrank import choose_rank, dense_truncation, factor_svd, product_frobenius_norm, truncate
+from loramerge.merge.core_space import core_space
+from loramerge.merge.lowrank import Spectrum, choose_rank, dense_truncation, product_frobenius_norm, truncate
 
 
 def random_factors(out: int, rank: int, inner: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -13,10 +14,20 @@ def random_factors(out: int, rank: int, inner: int, seed: int = 0) -> tuple[torc
     return torch.randn(out, rank, generator=generator), torch.randn(rank, inner, generator=generator)
 
 
+def core_spectrum(b: torch.Tensor, a: torch.Tensor) -> Spectrum:
+    """The thin SVD of b @ a as merge_svd takes it: orthonormal bases from the Gram matrices, SVD of the core."""
+    space = core_space([(b, a, 1.0)])
+    u, s, vh = torch.linalg.svd(space.cores[0], full_matrices=False)
+    left = (space.b.double() @ space.b_basis @ u).float()
+    right = (vh @ space.a_basis.T @ space.a.double()).float()
+    return Spectrum(left=left, values=s.float(), right=right)
+
+
 @pytest.mark.parametrize("out,rank,inner", [(40, 6, 30), (10, 12, 50), (50, 12, 8)])
-def test_factor_svd_matches_the_dense_svd(out, rank, inner):
+def test_the_core_route_svd_matches_the_dense_svd(out, rank, inner):
+    """svd's route (core_space, then the SVD of the one R x R core) gives the dense matrix's spectrum."""
     b, a = random_factors(out, rank, inner)
-    spectrum = factor_svd(b, a)
+    spectrum = core_spectrum(b, a)
     dense = torch.linalg.svdvals(b @ a)
     assert torch.allclose(spectrum.values, dense[: spectrum.values.numel()], rtol=1e-4, atol=1e-4)
     rebuilt = spectrum.left @ torch.diag(spectrum.values) @ spectrum.right
@@ -25,7 +36,7 @@ def test_factor_svd_matches_the_dense_svd(out, rank, inner):
 
 def test_truncation_reports_the_eckart_young_error():
     b, a = random_factors(30, 10, 20)
-    truncation = truncate(factor_svd(b, a), 4)
+    truncation = truncate(core_spectrum(b, a), 4)
     singular = torch.linalg.svdvals((b @ a).double())
     optimum = (singular[4:] ** 2).sum().sqrt() / singular.norm()
     achieved = (truncation.b @ truncation.a - b @ a).norm() / (b @ a).norm()
