@@ -28,17 +28,15 @@ OverridesOption = Annotated[
 ]
 
 
-def check_sources_given_once(recipe: Path | None, overrides: list[str] | None) -> None:
+def check_sources_given_once(recipe: Path | None, file_data: dict[str, Any], overrides: list[str] | None) -> None:
     """Adapters given as arguments replace the recipe's sources; what that would drop silently is refused."""
-    from loramerge.recipes import recipe_data
-
     for assignment in overrides or []:
         if assignment.split("=", 1)[0].strip().split(".")[0] == "sources":
             raise LoramergeError(
                 f"--set {assignment}: the adapters given as arguments replace the recipe's sources, so this would be "
                 "ignored; set their weights with --weights, or list the adapters under 'sources' in the recipe"
             )
-    if recipe is not None and recipe_data(recipe, None).get("sources"):
+    if file_data.get("sources"):
         raise LoramergeError(
             f"{recipe} lists 'sources' and adapters are given as arguments too; give the adapters one way: drop the "
             "arguments, or the recipe's 'sources'"
@@ -51,12 +49,14 @@ def merge_recipe_from_flags(
     """Recipe file < --set < flags. SRC arguments stand for the recipe's sources (a recipe that lists its own, or a
     --set on them, is refused); --weights sets their weights."""
     from loramerge.merge.recipe import MergeRecipe
-    from loramerge.recipes import override_origins, recipe_data, validate_recipe
+    from loramerge.recipes import apply_override, override_origins, recipe_data, validate_recipe
 
-    data = recipe_data(recipe, overrides)
+    data = recipe_data(recipe)
     if sources:
-        check_sources_given_once(recipe, overrides)
+        check_sources_given_once(recipe, data, overrides)
         data["sources"] = [{"path": path} for path in sources]
+    for assignment in overrides or []:  # after the sources: none of them touches the ones given as arguments
+        apply_override(data, assignment)
     if not data.get("sources"):
         raise LoramergeError("no adapters to merge: pass adapter folders as arguments or a --recipe with 'sources'")
     if weights is not None:
