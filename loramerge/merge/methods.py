@@ -78,8 +78,8 @@ def merge_cat(contributions: list[Contribution], settings: MethodSettings, gener
 def merge_svd(contributions: list[Contribution], settings: MethodSettings, generator: torch.Generator) -> Truncation:
     """The weighted sum, re-factorised optimally (Eckart-Young) through the core-space route: orthonormal bases of
     the stacked factors from their R x R Gram matrices, the SVD of the one R x R core, the output as B @ (small)
-    and (small) @ A. Per 14336 x 4096 module with four r=16 inputs, one thread: 21.6 ms by QR of the tall
-    factors (the route before issue 25), 7.9 ms this way."""
+    and (small) @ A. Per 14336 x 4096 module with four r=16 inputs, one thread: 27.5 ms by QR of the tall
+    factors (the route before issue 25), 8.2 ms this way (bench/probes.py svd-module)."""
     b, a = _stack(contributions)
     space = core_space([(b, a, 1.0)])  # the weights and scales are in the stacked b already
     rank = default_rank(contributions, settings) if settings.energy is None else None

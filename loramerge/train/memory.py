@@ -1,8 +1,8 @@
 """Handing memory back to the operating system once a run no longer needs it.
 
 The tokenizer of a 262k-token vocabulary (Gemma-3) holds ~320 MB of anonymous memory, needed only to build the
-batches; freed, glibc keeps ~145 MB of it in its arenas until malloc_trim returns it (measured: RssAnon 574 ->
-399 MB by `del`, -> 263 MB after malloc_trim). Training's peak comes later, so what is returned here is peak
+batches; freed, glibc keeps ~135 MB of it in its arenas until malloc_trim returns it (bench/probes.py
+tokenizer-memory: RssAnon 579 -> 404 MB by `del`, -> 268 MB after malloc_trim). Training's peak comes later, so what is returned here is peak
 memory saved.
 """
 
