@@ -211,7 +211,8 @@ def bench_methods(layers: int, slice_layers: int, repeats: int, counts: tuple[in
 
 def bench_svd(repeats: int, baseline: Path | None, counts: tuple[int, ...] = (2, 4)) -> dict[str, Any]:
     """svd at full rank on the --methods adapters (32 layers, r=16, weights METHOD_WEIGHTS) beside iso_c (a core
-    method) and the I/O floor, fresh processes interleaved; with a baseline checkout, its svd in the same rounds."""
+    method) and the I/O floor, fresh processes interleaved; with a baseline checkout, its svd and iso_c in the same
+    rounds."""
     full = [OUT / "llama3-8b-methods" / f"a{index}" for index in range(max(counts))]
     for seed, folder in enumerate(full):
         synthetic_adapter(folder, 32, seed)
@@ -220,7 +221,9 @@ def bench_svd(repeats: int, baseline: Path | None, counts: tuple[int, ...] = (2,
         root, runs = full[0].parent, {}
         jobs = {"svd": (method_spec(full[:count], root, "svd"), None), "iso_c": (method_spec(full[:count], root, "iso_c"), None)}
         if baseline is not None:
-            jobs["svd (baseline)"] = ({**method_spec(full[:count], root, "svd"), "out": str(root / "svd-baseline")}, baseline)
+            for method in ("svd", "iso_c"):
+                spec = {**method_spec(full[:count], root, method), "out": str(root / f"{method}-baseline")}
+                jobs[f"{method} (baseline)"] = (spec, baseline)
         floor = {
             "kind": "floor",
             "inputs": [str(a / "adapter_model.safetensors") for a in full[:count]],

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from loramerge.merge.layer_weights import layer_index, module_weight
 from loramerge.merge.layout import missing_in_layers
 from loramerge.merge.methods import METHODS, Contribution, MethodSettings
 from loramerge.merge.outputs import MergedModule, layout_record, portable_outputs, write_folder_files, write_weights
+from loramerge.merge.parallel import ordered_map, worker_count
 from loramerge.merge.plan import module_plan, natural_key, planned_rank, portable_plan
 from loramerge.merge.recipe import MergeRecipe, method_settings
 from loramerge.merge.report import serving_warnings
@@ -66,14 +68,18 @@ def output_dtype(recipe: MergeRecipe, adapters: list[LoraAdapter]) -> torch.dtyp
     return DTYPES[names.pop()] if len(names) == 1 else torch.float32
 
 
-def merge_module(
-    name: str,
-    adapters: list[LoraAdapter],
-    handles: list[Any],
-    recipe: MergeRecipe,
-    settings: MethodSettings,
-    num_layers: int,
-) -> MergedModule:
+@dataclass
+class ModuleInputs:
+    """One module's contributions, read from the inputs: what a method combines."""
+
+    name: str
+    first: Any  # the first input's module record: keys and shapes of the output
+    contributions: list[Contribution]
+    indices: list[int]  # which sources are present, in recipe order
+    weights: list[float]
+
+
+def read_module(name: str, adapters: list[LoraAdapter], handles: list[Any], recipe: MergeRecipe, num_layers: int) -> ModuleInputs:
     contributions, indices, weights, absent = [], [], [], []
     first = next(adapter.modules[name] for adapter in adapters if name in adapter.modules)
     for index, (adapter, handle, source) in enumerate(zip(adapters, handles, recipe.sources)):
@@ -91,19 +97,23 @@ def merge_module(
         contributions.append(Contribution(a=a, b=b, scale=adapter.modules[name].scale, weight=weight))
         indices.append(index)
         weights.append(weight)
-    contributions += absent
-    generator = torch.Generator().manual_seed(module_seed(recipe.seed or 0, name))
-    merged = METHODS[recipe.method].function(contributions, settings, generator)
+    return ModuleInputs(name, first, contributions + absent, indices, weights)
+
+
+def combine_module(inputs: ModuleInputs, recipe: MergeRecipe, settings: MethodSettings) -> MergedModule:
+    generator = torch.Generator().manual_seed(module_seed(recipe.seed or 0, inputs.name))
+    merged = METHODS[recipe.method].function(inputs.contributions, settings, generator)
     entry = {
         "rank": merged.a.shape[0],
         "retained_energy": merged.retained_energy,
         "relative_error": merged.relative_error,
-        "sources": indices,
-        "weights": weights,
+        "sources": inputs.indices,
+        "weights": inputs.weights,
     }
     if merged.task_retained is not None:  # per present source, in `sources` order (absent ones were appended last)
-        entry["task_retained"] = [round(share, 6) for share in merged.task_retained[: len(indices)]]
-    return MergedModule(name=name, a_key=first.a_key, b_key=first.b_key, a=merged.a, b=merged.b, entry=entry)
+        entry["task_retained"] = [round(share, 6) for share in merged.task_retained[: len(inputs.indices)]]
+    first = inputs.first
+    return MergedModule(name=inputs.name, a_key=first.a_key, b_key=first.b_key, a=merged.a, b=merged.b, entry=entry)
 
 
 @contextmanager
@@ -141,10 +151,10 @@ def merge_adapters(
         num_layers = recipe.num_layers or (max(layers) + 1 if layers else 1)
         dtype = output_dtype(recipe, adapters)
         problems = ProblemList()
-        # Factor methods work on out x R matrices with R ~ 32: threads buy nothing, and on a shared 2-core
-        # machine OpenMP workers spin waiting for a busy core. Measured (Llama-3-8B shapes, svd, 2 cores
-        # with another job running): 1 thread 1.5 s, 2 threads 29-95 s; idle: 1.5 s vs 1.2 s.
-        threads = torch.get_num_threads() if METHODS[recipe.method].sparsifies else 1
+        # Dense methods use torch's threads inside each module; factor methods run modules side by side on
+        # one-thread workers (merge/parallel.py says why).
+        dense = METHODS[recipe.method].sparsifies
+        threads, workers = (torch.get_num_threads(), 1) if dense else (1, worker_count())
         with atomic_directory(out) as staging, ExitStack() as stack, torch_threads(threads):
             handles = [stack.enter_context(safe_open(str(a.weights_path), framework="pt")) for a in adapters]
             # sha256 of the inputs (for the card) runs on the other core while the merge computes: hashlib
@@ -154,7 +164,10 @@ def merge_adapters(
             carried = carry_tensors(adapters, handles, problems)
             problems.raise_if_any()  # before any work: a NaN input would fail inside a method
             settings = method_settings(recipe)  # resolved once, not per module
-            outputs: Iterable[MergedModule] = (merge_module(n, adapters, handles, recipe, settings, num_layers) for n in names)
+            inputs = (read_module(name, adapters, handles, recipe, num_layers) for name in names)
+            outputs: Iterable[MergedModule] = ordered_map(
+                partial(combine_module, recipe=recipe, settings=settings), inputs, workers
+            )
             ranks = {name: planned_rank(recipe, adapters, name) for name in names}
             if any(rank is None for rank in ranks.values()):
                 outputs = list(outputs)  # ranks are known only after the work: collect, then write
