@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from loramerge.models.compact_vocabulary import CompactLinear
+from loramerge.models.int8_groups import Int8Groups
+
 # Relative agreement asked of the two routes' logits: both compute the same float32 products, so they differ
 # only by summation order (~1e-6 relative); a missed scale or cap is off by >= 1e-2.
 AGREEMENT = 1e-4
@@ -25,8 +28,13 @@ PROBE_TOKENS = 5
 @dataclass(frozen=True)
 class LMHead:
     decoder: nn.Module  # maps input_ids, attention_mask -> an output with .last_hidden_state
-    linear: nn.Linear
+    linear: nn.Linear | CompactLinear
     softcap: float | None
+
+    @property
+    def weight(self) -> torch.Tensor | Int8Groups:
+        """The head's [vocabulary x hidden] weight: a tensor, or exact int8 groups (models/compact_vocabulary.py)."""
+        return self.linear.matrix if isinstance(self.linear, CompactLinear) else self.linear.weight
 
 
 def soft_capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -47,7 +55,7 @@ def _candidate(model: nn.Module) -> LMHead | None:
         return None
     decoder, linear = get_decoder(), get_head()
     # type() is: a LoRA-wrapped or otherwise subclassed head computes something else than weight @ x + bias
-    if decoder is None or decoder is model or type(linear) is not nn.Linear:
+    if decoder is None or decoder is model or type(linear) not in (nn.Linear, CompactLinear):
         return None
     return LMHead(decoder=decoder, linear=linear, softcap=_softcap_of(model))
 
@@ -57,7 +65,7 @@ def _agrees(model: nn.Module, head: LMHead) -> bool:
     was_training = model.training
     model.eval()  # dropout would make the two routes differ for no reason
     try:
-        device = head.linear.weight.device
+        device = head.weight.codes.device if isinstance(head.weight, Int8Groups) else head.weight.device
         ids = torch.arange(1, PROBE_TOKENS + 1, device=device)[None, :] % head.linear.out_features
         mask = torch.ones_like(ids)
         reference = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()

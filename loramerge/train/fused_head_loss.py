@@ -33,7 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from loramerge.models.int8_groups import Int8Groups
 from loramerge.models.lm_head import soft_capped
+
+HeadWeight = torch.Tensor | Int8Groups  # a frozen head held as exact int8 groups reads back float32 blocks
 
 # Vocabulary rows per block, as bytes of head weight: small enough that a block stays in the CPU's cache
 # between its two products. Measured on 2 CPU cores (AMD EPYC), Gemma-3-270M's head (D = 640), 600 rows,
@@ -44,6 +47,18 @@ BLOCK_BYTES = 8 * 2**20
 
 def rows_per_block(hidden_size: int, element_bytes: int = 4, budget_bytes: int = BLOCK_BYTES) -> int:
     return max(256, budget_bytes // (element_bytes * hidden_size))
+
+
+def _block(weight: HeadWeight, start: int, stop: int) -> torch.Tensor:
+    return weight[start:stop] if isinstance(weight, torch.Tensor) else weight.rows(start, stop)
+
+
+def _rows_at(weight: HeadWeight, indices: torch.Tensor) -> torch.Tensor:
+    return weight[indices] if isinstance(weight, torch.Tensor) else weight.gather(indices)
+
+
+def _dtype(weight: HeadWeight) -> torch.dtype:
+    return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
 
 
 def plain_head_loss(
@@ -65,7 +80,7 @@ def _cap_slope(raw: torch.Tensor, softcap: float) -> torch.Tensor:
 
 def fused_head_loss_and_grad(
     hidden: torch.Tensor,
-    weight: torch.Tensor,
+    weight: HeadWeight,
     targets: torch.Tensor,
     bias: torch.Tensor | None,
     softcap: float | None,
@@ -81,7 +96,7 @@ def fused_head_loss_and_grad(
     weighted = torch.zeros(rows, hidden.shape[1], dtype=torch.float32, device=hidden.device) if with_grad else None
     for start in range(0, weight.shape[0], block_rows):
         stop = min(start + block_rows, weight.shape[0])
-        block_weight = weight[start:stop]
+        block_weight = _block(weight, start, stop)
         raw = F.linear(hidden, block_weight, None if bias is None else bias[start:stop]).float()
         logits = soft_capped(raw, softcap)
         in_block = ((targets >= start) & (targets < stop)).nonzero().flatten()
@@ -95,11 +110,11 @@ def fused_head_loss_and_grad(
         if weighted is not None:
             if softcap is not None:
                 exps.mul_(_cap_slope(raw, softcap))
-            weighted.mul_(rescale[:, None]).add_((exps.to(weight.dtype) @ block_weight).float())
+            weighted.mul_(rescale[:, None]).add_((exps.to(_dtype(weight)) @ block_weight).float())
     loss = (running_max + running_sum.log() - target_logit).sum()
     if weighted is None:
         return loss, None
-    target_rows = weight[targets].float()
+    target_rows = _rows_at(weight, targets).float()
     if softcap is not None:
         target_rows = target_rows * _cap_slope(target_raw, softcap)[:, None]
     grad_hidden = weighted / running_sum[:, None] - target_rows
@@ -111,7 +126,7 @@ class _FusedHeadLoss(torch.autograd.Function):
     def forward(
         ctx: Any,
         hidden: torch.Tensor,
-        weight: torch.Tensor,
+        weight: HeadWeight,
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         softcap: float | None,
@@ -129,7 +144,7 @@ class _FusedHeadLoss(torch.autograd.Function):
 
 def chunked_head_loss(
     hidden: torch.Tensor,
-    weight: torch.Tensor,
+    weight: HeadWeight,
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
@@ -142,11 +157,11 @@ def chunked_head_loss(
     refused. Every target must be a real token id: select the supervised rows before calling. Under
     torch.no_grad (evaluation) no gradient is computed.
     """
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
+    if (isinstance(weight, torch.Tensor) and weight.requires_grad) or (bias is not None and bias.requires_grad):
         raise ValueError("chunked_head_loss: the head must be frozen (its weight and bias get no gradient here)")
-    if hidden.is_cuda and (liger := liger_head_loss()) is not None:
+    if hidden.is_cuda and isinstance(weight, torch.Tensor) and (liger := liger_head_loss()) is not None:
         return liger(hidden, weight, targets, bias, softcap)
-    block = block_rows or rows_per_block(weight.shape[1], weight.element_size())
+    block = block_rows or rows_per_block(weight.shape[1], weight.element_size() if isinstance(weight, torch.Tensor) else 4)
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return fused_head_loss_and_grad(hidden, weight, targets, bias, softcap, block, with_grad=False)[0]
     return _FusedHeadLoss.apply(hidden, weight, bias, targets, softcap, block)

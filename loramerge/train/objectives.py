@@ -160,4 +160,4 @@ class ObjectiveModel(nn.Module):
             supervised = shifted != IGNORE_INDEX
             states.append(hidden[:, :-1][supervised])
             targets.append(shifted[supervised])
-        return chunked_head_loss(torch.cat(states), head.linear.weight, torch.cat(targets), head.linear.bias, head.softcap)
+        return chunked_head_loss(torch.cat(states), head.weight, torch.cat(targets), head.linear.bias, head.softcap)

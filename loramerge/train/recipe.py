@@ -77,6 +77,10 @@ class TrainRecipe(StrictModel):
     split_by_length: bool = Field(
         True, description="run each micro-batch as sub-batches of similar length: the same loss, no compute on padding"
     )
+    compact_vocabulary: bool = Field(
+        True,
+        description="on one CPU process, hold a frozen embedding/LM head that is exactly int8 groups (a Q8_0 GGUF's) in 189 of 671 MB",
+    )
     seed: int = 0
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0)

@@ -33,7 +33,7 @@ from loramerge.train.distributed import final_adapter_weights, make_accelerator,
 from loramerge.train.eval_loss import make_evaluator
 from loramerge.train.log import MetricsLog, truncate_metrics
 from loramerge.train.loop import LoopSettings, LoopState, StepCallback, is_sharded, run_loop
-from loramerge.train.memory import release_to_os
+from loramerge.train.memory import compact_frozen_vocabulary, release_to_os
 from loramerge.train.objectives import ALIGN, TASK, ObjectiveModel
 from loramerge.train.outputs import hyperparameters, write_outputs
 from loramerge.train.recipe import Mode, TrainRecipe
@@ -205,6 +205,8 @@ def train_adapter(
         del tokenizer  # every batch is built: ~320 MB for Gemma-3's vocabulary, returned before training's peak
         release_to_os()
         peft_model = get_peft_model(model, lora_config(recipe, align_layer if mode == "align" else None))
+        if recipe.compact_vocabulary and accelerator.device.type == "cpu" and accelerator.num_processes == 1:
+            compact_frozen_vocabulary(peft_model.get_base_model())  # before checkpointing hooks the embedding
         if recipe.gradient_checkpointing:
             enable_gradient_checkpointing(model, peft_model)
 
