@@ -7,10 +7,12 @@ import os
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 
 from loramerge.train.checkpoints import gathered_trainable_tensors
 from loramerge.train.loop import is_sharded
+from loramerge.train.precision import resolved_precision
 from loramerge.train.recipe import TrainRecipe
 
 
@@ -19,12 +21,21 @@ def make_accelerator(recipe: TrainRecipe, joint: bool) -> Accelerator:
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=joint)]
     # accelerate only recognises torchrun/accelerate-launch CPU workers (gloo) when told it runs on CPU.
     cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(
-        mixed_precision=recipe.precision, kwargs_handlers=handlers, step_scheduler_with_optimizer=False, cpu=cpu
-    )
+    precision = resolved_precision(recipe.precision)
+    forget_other_precision(precision)
+    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers, step_scheduler_with_optimizer=False, cpu=cpu)
     if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
         shard_on_cpu(accelerator)
     return accelerator
+
+
+def forget_other_precision(precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    mixed_precision; a Python session that trains twice (float32, then bf16) must not fail on that. Only the
+    mixed-precision part is forgotten: the process group (PartialState) stays."""
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def fsdp_requested() -> bool:

@@ -18,14 +18,15 @@ from loramerge.recipes import dump_recipe
 from loramerge.train.recipe import TrainRecipe
 
 
-def hyperparameters(recipe: TrainRecipe, align_layer: int | None, steps: int, processes: int) -> dict[str, str]:
+def hyperparameters(recipe: TrainRecipe, align_layer: int | None, steps: int, processes: int, precision: str) -> dict[str, str]:
+    """The card's table; `precision` is what the run used (accelerate's mixed_precision), `auto` resolved."""
     values: dict[str, Any] = {
         "LoRA r / alpha / dropout": f"{recipe.lora.r} / {recipe.lora.alpha:g} / {recipe.lora.dropout:g}",
         "target modules": ", ".join(recipe.lora.target_modules),
         "optimizer steps": steps,
         "micro-batch x accumulation x processes": f"{recipe.batch_size} x {recipe.grad_accum} x {processes}",
         "learning rate / schedule": f"{recipe.optimizer.learning_rate:g} / {recipe.optimizer.schedule}",
-        "precision": recipe.precision,
+        "precision": precision if precision == recipe.precision else f"{precision} ({recipe.precision})",
         "seed": recipe.seed,
     }
     if align_layer is not None:

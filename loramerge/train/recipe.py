@@ -72,7 +72,9 @@ class TrainRecipe(StrictModel):
         description="joint training: task, align micro-batches per cycle",
     )
     max_length: int = Field(512, gt=1, description="tokens per task example")
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware has bf16 matrix units (CUDA, AMX), else float32"
+    )
     gradient_checkpointing: bool = False
     split_by_length: bool = Field(
         True, description="run each micro-batch as sub-batches of similar length: the same loss, no compute on padding"

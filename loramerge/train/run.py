@@ -243,7 +243,9 @@ def train_adapter(
             summary = TrainingSummary(
                 kind={"align": "alignment", "task": "joint task + alignment" if joint else "task"}[mode],
                 data_rows=language_rows(records, pairs),
-                hyperparameters=hyperparameters(recipe, align_layer, steps, accelerator.num_processes),
+                hyperparameters=hyperparameters(
+                    recipe, align_layer, steps, accelerator.num_processes, accelerator.mixed_precision
+                ),
                 final_metrics=final_metrics,
                 base_commit=source_commit(source),
             )
