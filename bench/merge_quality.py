@@ -4,6 +4,7 @@ every method's documented defaults and weight 1 each, scored per task with `lora
 
     .venv/bin/python bench/merge_quality.py [--seeds 0,1,2] [--out bench/out/merge-quality] [--quick]
     .venv/bin/python bench/merge_quality.py --chosen --seeds 0,1      # every method at its scale chosen on dev
+    .venv/bin/python bench/merge_quality.py --chosen --with-align --seeds 0,1   # the same, 4 sources: + alignment
     .venv/bin/python bench/merge_quality.py --dev-ties 0.7,0.8,0.9,1 --seeds 0,1   # dev only: ties' densities
 
 Protocol (defaults): nothing is chosen, so there is no dev selection and the test split is read once.
@@ -180,8 +181,13 @@ def merge_candidate(adapters: list[Path], rank: int | None, changes: dict[str, A
             set_path(data, key, value, "merge_quality")
         merge_adapters(data, out, overwrite=True)
     modules = json.loads((out / "merge_report.json").read_text())["modules"]
-    shares = [entry["task_retained"] for entry in modules.values() if "task_retained" in entry]
-    return {"task_retained": [sum(s[i] for s in shares) / len(shares) for i in range(len(adapters))]} if shares else {}
+    per_source: dict[int, list[float]] = {}  # over the modules a source has (the alignment adapter: blocks 0-8)
+    for entry in modules.values():
+        for source, share in zip(entry["sources"], entry.get("task_retained", [])):
+            per_source.setdefault(source, []).append(share)
+    if not per_source:
+        return {}
+    return {"task_retained": [sum(per_source[i]) / len(per_source[i]) for i in range(len(adapters))]}
 
 
 def test_scores(evaluator: Any, adapters: dict[str, Path], records: list[Any]) -> dict[str, dict[int, float]]:
@@ -193,17 +199,19 @@ def test_scores(evaluator: Any, adapters: dict[str, Path], records: list[Any]) -
     return found
 
 
-def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any], test: list[Any]) -> dict[str, Any]:
-    """Dev selection, then one test read, for one seed; cached in seed{seed}/chosen.json."""
-    cache = Path(f"seed{seed}/chosen.json")
+def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any], test: list[Any], root: Path) -> dict[str, Any]:
+    """Dev selection, then one test read, for one seed; cached in root/chosen.json (root: seed{seed}, or
+    seed{seed}/with-align for the four-source merges)."""
+    cache = root / "chosen.json"
+    root.mkdir(parents=True, exist_ok=True)
     if cache.is_file():
         return json.loads(cache.read_text())
-    full = dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, Path(f"seed{seed}/dev-full.json"))
+    full = dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, root / "dev-full.json")
     chosen = {f"{name} (full rank)": (None, row) for name, row in best_per_method(full).items()}
     winner = max(full, key=lambda row: (row["dev"], -full.index(row)))
     alphas = {name: chosen[f"{name} (full rank)"][1]["changes"] for name in CORE}
     svd = [(label, changes) for label, changes in method_pairs(adapters, 16) if family(label) == "svd"]
-    svd_rows = dev_search(adapters, 16, svd, evaluator, dev, Path(f"seed{seed}/dev-svd16.json"))
+    svd_rows = dev_search(adapters, 16, svd, evaluator, dev, root / "dev-svd16.json")
     chosen["svd (rank 16)"] = (16, best_per_method(svd_rows)["svd"])
     best_core = max(CORE, key=lambda name: chosen[f"{name} (full rank)"][1]["dev"])
     for rank in RANKS:
@@ -216,7 +224,7 @@ def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any],
                 chosen[f"{name} {subspace} (rank {rank})"] = (rank, row)
     test_adapters, retained = {}, {}
     for name, (rank, row) in chosen.items():
-        folder = Path(f"seed{seed}/chosen/{name.replace(' ', '_').replace('(', '').replace(')', '')}")
+        folder = root / "chosen" / name.replace(" ", "_").replace("(", "").replace(")", "")
         retained[name] = merge_candidate(adapters, rank, row["changes"], folder)
         test_adapters[name] = folder
     scores = test_scores(evaluator, test_adapters, test)
@@ -297,7 +305,14 @@ def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console) -> str:
+def align_adapter(plan: DemoPlan, seed: int) -> Path:
+    """The demo's alignment adapter for this seed (recipes/demo/align.yaml on the gettext UI pairs)."""
+    return train_demo_variant(
+        Path(f"seed{seed}/align"), "align", "align", plan, {"pairs": "data/pairs-train.jsonl"}, [f"seed={seed}"]
+    )
+
+
+def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align: bool) -> str:
     from loramerge.evaluate.evaluator import Evaluator
 
     train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
@@ -313,9 +328,13 @@ def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console) -> str:
     for seed in seeds:
         console.rule(f"seed {seed}")
         adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
-        per_seed.append(chosen_seed(seed, adapters, evaluator, dev, test))
+        # --with-align: the alignment adapter as a fourth source (the paper's merge, beside three tasks): 4 x r16
+        # inputs, so a rank-16 output must drop three quarters of the stacked rank
+        extra = [align_adapter(plan, seed)] if with_align else []
+        root = Path(f"seed{seed}/with-align") if with_align else Path(f"seed{seed}")
+        per_seed.append(chosen_seed(seed, adapters + extra, evaluator, dev, test, root))
     summary = chosen_summary(per_seed, kinds_of_lines)
-    Path("chosen.json").write_text(
+    Path("chosen-with-align.json" if with_align else "chosen.json").write_text(
         json.dumps({"seeds": seeds, "summary": summary, "per_seed_chosen": [s["chosen"] for s in per_seed]}, indent=1) + "\n"
     )
     return chosen_tables(summary, per_seed)
@@ -347,6 +366,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/merge-quality"))
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
     parser.add_argument("--chosen", action="store_true", help="every method at its scale chosen on dev (issue 23)")
+    parser.add_argument("--with-align", action="store_true", help="--chosen with the alignment adapter as a 4th source")
     parser.add_argument("--dev-ties", default=None, help="dev only: ties at these densities, e.g. 0.7,0.8,0.9,1")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
@@ -361,7 +381,7 @@ def main() -> None:
             print(ties_dev_stage(plan, seeds, [float(d) for d in options.dev_ties.split(",")]))
             return
         if options.chosen:
-            print(chosen_stage(plan, seeds, console))
+            print(chosen_stage(plan, seeds, console, options.with_align))
             print(f"\n{len(seeds)} seeds; exact match, percent, mean [95 % interval]; {time.perf_counter() - started:.0f} s")
             return
         train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
