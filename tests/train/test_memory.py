@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -58,8 +59,9 @@ def joint_recipe(model_dir: Path, example_data: dict[str, Path], **changes: obje
     return load_recipe(TrainRecipe, Path("recipes/tiny/tiny-joint.yaml"), flags={**flags, **changes})
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])  # checkpointing hooks the (replaced) input embedding
 def test_training_with_a_compact_vocabulary_gives_the_same_losses_and_adapter(
-    tiny_model_dir, example_data, tmp_path, monkeypatch
+    tiny_model_dir, example_data, tmp_path, monkeypatch, checkpointing
 ):
     """Both runs must agree to the bit."""
     dropped: list[int] = []
@@ -67,7 +69,9 @@ def test_training_with_a_compact_vocabulary_gives_the_same_losses_and_adapter(
     model_dir = q8_0_gemma(tiny_model_dir, tmp_path / "model")
     results = {
         compact: run.train_adapter(
-            joint_recipe(model_dir, example_data, compact_vocabulary=compact), "task", tmp_path / f"compact-{compact}"
+            joint_recipe(model_dir, example_data, compact_vocabulary=compact, gradient_checkpointing=checkpointing),
+            "task",
+            tmp_path / f"compact-{compact}",
         )
         for compact in (True, False)
     }
