@@ -68,6 +68,9 @@ CASES = [
     Case("gemma-prompt-heavy", GEMMA, "task", "prompt-heavy", ("loramerge", "trainer", "before"), ("max_length=160",)),
     Case("gemma-align", GEMMA, "align", "demo", ("loramerge", "trainer", "before")),
     Case("gemma-joint", GEMMA, "joint", "demo", ("loramerge", "loramerge-task")),
+    # issue 25: smaller alignment micro-batches (pairs), what they cost beside a task step
+    Case("gemma-joint-6", GEMMA, "joint", "demo", ("loramerge", "loramerge-task"), ("align.batch_size=6",)),
+    Case("gemma-joint-4", GEMMA, "joint", "demo", ("loramerge", "loramerge-task"), ("align.batch_size=4",)),
     Case("smollm2-task", SMOLLM2, "task", "demo", ("loramerge", "trainer", "before")),
     Case("smollm2-align", SMOLLM2, "align", "demo", ("loramerge", "trainer")),
     Case("gemma-split", GEMMA, "task", "demo", ("loramerge", "loramerge-nosplit")),
