@@ -24,11 +24,12 @@ from loramerge.models.compact_vocabulary import compact_vocabulary
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl, Windows)."""
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A function of the C library, or None where the library or the function is missing (malloc_trim: glibc
+    only, not macOS, musl or Windows; madvise: POSIX)."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library, use_errno=True), name) if library else None
     except (OSError, AttributeError):
         return None
 
@@ -36,7 +37,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def release_to_os() -> None:
     """Collect unreachable Python objects, then return the allocator's free pages to the operating system."""
     gc.collect()
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
@@ -46,13 +47,9 @@ MADV_DONTNEED = 4  # Linux <sys/mman.h>
 
 @cache
 def _madvise() -> Callable[[int, int, int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        function = ctypes.CDLL(name, use_errno=True).madvise if name else None
-    except (OSError, AttributeError):
-        return None
+    function = _libc_function("madvise")
     if function is not None:
-        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]  # pointer-sized address and length
     return function
 
 
