@@ -37,6 +37,16 @@ class Int8Groups:
     def nbytes(self) -> int:
         return self.codes.nbytes + self.scales.nbytes
 
+    # What a reader of the rows sees: float32 values on the codes' device, 4 bytes each (as a tensor says it).
+    dtype = torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def element_size(self) -> int:
+        return 4
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) in float32, bit-identical to the original matrix's."""
         return _expand(self.codes[start:stop], self.scales[start:stop])

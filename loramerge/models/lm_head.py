@@ -65,7 +65,7 @@ def _agrees(model: nn.Module, head: LMHead) -> bool:
     was_training = model.training
     model.eval()  # dropout would make the two routes differ for no reason
     try:
-        device = head.weight.codes.device if isinstance(head.weight, Int8Groups) else head.weight.device
+        device = head.weight.device
         ids = torch.arange(1, PROBE_TOKENS + 1, device=device)[None, :] % head.linear.out_features
         mask = torch.ones_like(ids)
         reference = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()

@@ -57,10 +57,6 @@ def _rows_at(weight: HeadWeight, indices: torch.Tensor) -> torch.Tensor:
     return weight[indices] if isinstance(weight, torch.Tensor) else weight.gather(indices)
 
 
-def _dtype(weight: HeadWeight) -> torch.dtype:
-    return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
-
-
 def plain_head_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -110,7 +106,7 @@ def fused_head_loss_and_grad(
         if weighted is not None:
             if softcap is not None:
                 exps.mul_(_cap_slope(raw, softcap))
-            weighted.mul_(rescale[:, None]).add_((exps.to(_dtype(weight)) @ block_weight).float())
+            weighted.mul_(rescale[:, None]).add_((exps.to(weight.dtype) @ block_weight).float())
     loss = (running_max + running_sum.log() - target_logit).sum()
     if weighted is None:
         return loss, None
@@ -161,7 +157,7 @@ def chunked_head_loss(
         raise ValueError("chunked_head_loss: the head must be frozen (its weight and bias get no gradient here)")
     if hidden.is_cuda and isinstance(weight, torch.Tensor) and (liger := liger_head_loss()) is not None:
         return liger(hidden, weight, targets, bias, softcap)
-    block = block_rows or rows_per_block(weight.shape[1], weight.element_size() if isinstance(weight, torch.Tensor) else 4)
+    block = block_rows or rows_per_block(weight.shape[1], weight.element_size())
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return fused_head_loss_and_grad(hidden, weight, targets, bias, softcap, block, with_grad=False)[0]
     return _FusedHeadLoss.apply(hidden, weight, bias, targets, softcap, block)
