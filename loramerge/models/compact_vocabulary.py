@@ -72,26 +72,31 @@ def _reproduces(embedding: nn.Embedding, compact: CompactEmbedding) -> bool:
         return False
 
 
+def _compact_embedding(embedding: nn.Module) -> CompactEmbedding | None:
+    """The frozen embedding as a CompactEmbedding when its matrix is exact int8 groups and the compact module
+    reproduces its output exactly; else None."""
+    if not isinstance(embedding, nn.Embedding) or embedding.weight.requires_grad:
+        return None
+    matrix = compact_exactly(embedding.weight)
+    compact = CompactEmbedding(matrix, _embedding_scale(embedding)) if matrix is not None else None
+    return compact if compact is not None and _reproduces(embedding, compact) else None
+
+
 def compact_vocabulary(model: nn.Module) -> list[torch.Tensor]:
     """Replace the model's frozen input embedding, and a plain frozen LM head (tied to it or not), by compact
     modules where that is exact. Returns the float32 weights no longer used, for the caller to release."""
     replaced: list[torch.Tensor] = []
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-    matrix = None
-    if isinstance(embedding, nn.Embedding) and not embedding.weight.requires_grad:
-        matrix = compact_exactly(embedding.weight)
-        compact = CompactEmbedding(matrix, _embedding_scale(embedding)) if matrix is not None else None
-        if compact is not None and _reproduces(embedding, compact):
-            model.set_input_embeddings(compact)
-            replaced.append(embedding.weight)
-        else:
-            matrix = None
+    compact = _compact_embedding(embedding)
+    if compact is not None:
+        model.set_input_embeddings(compact)
+        replaced.append(embedding.weight)
+    tied = compact is not None and getattr(head, "weight", None) is embedding.weight
     if type(head) is nn.Linear and not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad):
-        tied = replaced and head.weight is replaced[0]
-        head_matrix = matrix if tied else compact_exactly(head.weight)
+        head_matrix = compact.matrix if tied else compact_exactly(head.weight)
         if head_matrix is not None:
             model.set_output_embeddings(CompactLinear(head_matrix, head.bias))
             replaced += [] if tied else [head.weight]
-    elif replaced and head is not None and getattr(head, "weight", None) is replaced[0]:
+    elif tied:
         replaced.clear()  # the head still reads the shared float32 weight: it is not free to release
     return replaced
