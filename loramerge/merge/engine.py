@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from loramerge.adapters import WEIGHTS_FILE, LoraAdapter, hash_adapter_files
+from loramerge.adapters import WEIGHTS_FILE, LoraAdapter, LoraModule, hash_adapter_files
 from loramerge.atomic import atomic_directory
 from loramerge.dtypes import DTYPES, SAFETENSORS_DTYPES
 from loramerge.errors import ProblemList
@@ -73,7 +73,7 @@ class ModuleInputs:
     """One module's contributions, read from the inputs: what a method combines."""
 
     name: str
-    first: Any  # the first input's module record: keys and shapes of the output
+    first: LoraModule  # the first input's module record: keys and shapes of the output
     contributions: list[Contribution]
     indices: list[int]  # which sources are present, in recipe order
     weights: list[float]
