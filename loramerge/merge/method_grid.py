@@ -4,7 +4,10 @@ Why a grid and not a default: no scale fits every merge. With weight 1, `cat`, `
 scale, which overshoots where adapters share a direction (three task adapters of one base: cat scored 0.0,
 tsv 5.2, against 19.1 for ties' mean; BENCHMARKS.md, "Quality on real adapters with each method's defaults"), and the papers choose alpha on
 validation data. The grid gives each method the scales that matter for n adapters, 1/n (a mean), 0.5 and 1 (the
-sum), and TIES three densities at its default disjoint mean: 11 candidates for 2 adapters, 15 for 3 or more.
+sum), and TIES four densities at its default disjoint mean, 1 being sign election without trimming: 12 candidates
+for 2 adapters, 16 for 3 or more. Density 1 joined the grid because on three task adapters' dev split it scored
+as high as 0.7 (seed 0: 18.7 vs 17.6; seed 1: 18.3 vs 18.8; BENCHMARKS.md, "--dev-ties"): the old grid's winner
+sat at its edge.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from loramerge.merge.recipe import MergeRecipe
 
 METHODS_SPEC = "methods"  # `--search methods`
 SCALED = ("tsv", "iso_c", "iso_cts")  # methods whose `alpha` scales the merged update
-TIES_DENSITIES = (0.3, 0.5, 0.7)
+TIES_DENSITIES = (0.3, 0.5, 0.7, 1.0)
 # every method key: a candidate clears them all, then sets its own (a key one method reads is refused by another)
 ALL_KEYS = sorted({key for info in METHODS.values() for key in info.keys} | {"normalize", "conventions"})
 

@@ -177,6 +177,7 @@ def test_search_methods_chooses_the_method_and_its_scale_on_dev(search_inputs: d
         "ties density=0.3",
         "ties density=0.5",
         "ties density=0.7",
+        "ties density=1",
         "tsv alpha=0.5",
         "tsv alpha=1",
         "iso_c alpha=0.5",
