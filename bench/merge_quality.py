@@ -5,11 +5,15 @@ every method's documented defaults and weight 1 each, scored per task with `lora
     .venv/bin/python bench/merge_quality.py [--seeds 0,1,2] [--out bench/out/merge-quality] [--quick]
     .venv/bin/python bench/merge_quality.py --chosen --seeds 0,1      # every method at its scale chosen on dev
     .venv/bin/python bench/merge_quality.py --chosen --with-align --seeds 0,1   # the same, 4 sources: + alignment
+    .venv/bin/python bench/merge_quality.py --chosen --dev-all --seeds 0,1,2   # chosen on dev's six languages (342)
     .venv/bin/python bench/merge_quality.py --dev-ties 0.7,0.8,0.9,1 --seeds 0,1   # dev only: ties' densities
+    .venv/bin/python bench/merge_quality.py --dev-grid bench/grids/source-weights.yaml --seeds 0,1   # dev only: a grid
+    .venv/bin/python bench/merge_quality.py --dev-answers bench/grids/answer-formats.yaml --seeds 0,1   # dev: formats
 
 Protocol (defaults): nothing is chosen, so there is no dev selection and the test split is read once.
 Protocol (--chosen, issue 23): per seed, `merge --search methods`'s default grid (method_grid.py: cat x 1/3, 0.5,
-1; ties at density 0.3/0.5/0.7; tsv, iso_c, iso_cts at alpha 1/3, 0.5, 1) is scored on the DEV split (en + fr,
+1; ties at density 0.3/0.5/0.7/1; tsv, iso_c, iso_cts at alpha 1/3, 0.5, 1) is scored on the DEV split (en + fr,
+or with --dev-all all six languages: 114 items cannot rank candidates a dev item apart),
 the three kinds, objective: the mean over kinds); each method keeps its best candidate, and the grid's overall
 winner is what `merge --search methods` would write. At rank 16 the same for `svd` (the sum's best rank-16 form)
 and for the core-space methods at their full-rank dev-chosen alpha, merge-then-truncate (subspace merged) beside
@@ -312,13 +316,22 @@ def align_adapter(plan: DemoPlan, seed: int) -> Path:
     )
 
 
-def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align: bool) -> str:
+def dev_records(all_languages: bool) -> list[Any]:
+    """The dev split by kind: en + fr (114 items; 24 currency), or all six languages (342; 72 currency), whose
+    items test the same three tasks through the same adapters and are still never read as test."""
+    if all_languages:
+        paths = split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev-all"), None)
+        return by_kind_records(paths, Path("data/by-kind/dev-all-kinds.jsonl"))
+    return by_kind_records(
+        split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev"), LANGUAGES), Path("data/by-kind/dev-kinds.jsonl")
+    )
+
+
+def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align: bool, dev_all: bool) -> str:
     from loramerge.evaluate.evaluator import Evaluator
 
     train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
-    dev = by_kind_records(
-        split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev"), LANGUAGES), Path("data/by-kind/dev-kinds.jsonl")
-    )
+    dev = dev_records(dev_all)
     test = by_kind_records(
         split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES), Path("data/by-kind/test-kinds.jsonl")
     )
@@ -331,32 +344,87 @@ def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align:
         # --with-align: the alignment adapter as a fourth source (the paper's merge, beside three tasks): 4 x r16
         # inputs, so a rank-16 output must drop three quarters of the stacked rank
         extra = [align_adapter(plan, seed)] if with_align else []
-        root = Path(f"seed{seed}/with-align") if with_align else Path(f"seed{seed}")
+        root = Path(f"seed{seed}") / ("with-align" if with_align else "") / ("dev-all" if dev_all else "")
         per_seed.append(chosen_seed(seed, adapters + extra, evaluator, dev, test, root))
     summary = chosen_summary(per_seed, kinds_of_lines)
-    Path("chosen-with-align.json" if with_align else "chosen.json").write_text(
+    name = "chosen" + ("-with-align" if with_align else "") + ("-dev-all" if dev_all else "")
+    Path(f"{name}.json").write_text(
         json.dumps({"seeds": seeds, "summary": summary, "per_seed_chosen": [s["chosen"] for s in per_seed]}, indent=1) + "\n"
     )
     return chosen_tables(summary, per_seed)
 
 
-def ties_dev_stage(plan: DemoPlan, seeds: list[int], densities: list[float]) -> str:
-    """DEV only (no test read): ties at each density, per seed, on the `--chosen` stage's adapters and dev items."""
+def dev_stage(plan: DemoPlan, seeds: list[int], candidates: list[tuple[str, dict[str, Any]]], cache: str, dev_all: bool) -> str:
+    """DEV only (no test read): the candidates, per seed, on the `--chosen` stage's adapters and dev items."""
     from loramerge.evaluate.evaluator import Evaluator
-    from loramerge.merge.method_grid import ALL_KEYS
 
-    dev = by_kind_records(
-        split_by_kind(Path("data/task/dev.jsonl"), Path("data/by-kind/dev"), LANGUAGES), Path("data/by-kind/dev-kinds.jsonl")
-    )
+    dev = dev_records(dev_all)
     train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
     evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
-    candidates = [(f"ties density={d:g}", {**dict.fromkeys(ALL_KEYS), "method": "ties", "density": d}) for d in densities]
-    lines = ["| seed | " + " | ".join(label for label, _ in candidates) + " |", "|---|" + "---:|" * len(candidates)]
+    lines = ["| candidate | " + " | ".join(f"seed {seed}: mean (country / language / currency)" for seed in seeds) + " |"]
+    lines.append("|---|" + "---|" * len(seeds))
+    per_seed = []
     for seed in seeds:
         adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
-        rows = dev_search(adapters, None, candidates, evaluator, dev, Path(f"seed{seed}/dev-ties-extra.json"))
-        lines.append(f"| {seed} | " + " | ".join(f"{row['dev']:.1f}" for row in rows) + " |")
+        per_seed.append(dev_search(adapters, None, candidates, evaluator, dev, Path(f"seed{seed}/{cache}")))
+    for index, (label, _) in enumerate(candidates):
+        cells = [f"{rows[index]['dev']:.1f} ({kind_scores(rows[index])})" for rows in per_seed]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def code_length(text: str) -> int | None:
+    """'{"currency": "NO"}' -> 2: the length of the answer's code, None where the answer is not one JSON string."""
+    try:
+        value = next(iter(json.loads(text).values()))
+    except (ValueError, StopIteration, AttributeError):
+        return None
+    return len(value) if isinstance(value, str) else None
+
+
+def dev_answers_stage(plan: DemoPlan, seeds: list[int], candidates: list[tuple[str, dict[str, Any]]], dev_all: bool) -> str:
+    """DEV only: per candidate and kind, exact match and how many answers carry a 2- or 3-letter code (country
+    and language codes have 2 letters, currency codes 3): whether a merge keeps each task's answer format."""
+    from loramerge.evaluate.evaluator import Evaluator
+
+    dev = dev_records(dev_all)
+    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
+    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    lines = ["| seed | candidate | " + " | ".join(f"{k}: exact, 2 / 3 letters" for k in KINDS) + " |"]
+    lines.append("|---|---|" + "---|" * len(KINDS))
+    for seed in seeds:
+        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        for index, (label, changes) in enumerate(candidates):
+            folder = Path(f"seed{seed}/answers{'-all' if dev_all else ''}/{index}")
+            merge_candidate(adapters, None, changes, folder)
+            evaluator.add_adapter("candidate", folder)
+            predictions = evaluator.evaluate("candidate", dev).predictions
+            evaluator.remove_adapter("candidate")
+            cells = []
+            for kind in KINDS:
+                found = [p for p in predictions if p.record.lang == kind]
+                lengths = [code_length(p.text) for p in found]
+                exact = sum(p.score for p in found) / len(found)  # item scores are 0 or 100
+                cells.append(f"{exact:.1f} %, {lengths.count(2)} / {lengths.count(3)} of {len(found)}")
+            lines.append(f"| {seed} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kind_scores(row: dict[str, Any]) -> str:
+    return " / ".join(f"{row['kinds'][kind]:.1f}" for kind in KINDS)
+
+
+def ties_candidates(densities: list[float]) -> list[tuple[str, dict[str, Any]]]:
+    from loramerge.merge.method_grid import ALL_KEYS
+
+    return [(f"ties density={d:g}", {**dict.fromkeys(ALL_KEYS), "method": "ties", "density": d}) for d in densities]
+
+
+def grid_candidates(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A `merge --search grid.yaml` file's candidates (sources.I.weight, method, density, ...)."""
+    from loramerge.merge.search_grid import grid_file
+
+    return [(candidate.label, candidate.changes) for candidate in grid_file(path)]
 
 
 def main() -> None:
@@ -367,7 +435,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run of this script")
     parser.add_argument("--chosen", action="store_true", help="every method at its scale chosen on dev (issue 23)")
     parser.add_argument("--with-align", action="store_true", help="--chosen with the alignment adapter as a 4th source")
+    parser.add_argument("--dev-all", action="store_true", help="--chosen on the dev split's six languages, not en + fr")
     parser.add_argument("--dev-ties", default=None, help="dev only: ties at these densities, e.g. 0.7,0.8,0.9,1")
+    parser.add_argument("--dev-grid", type=Path, default=None, help="dev only: a `merge --search` grid .yaml file")
+    parser.add_argument("--dev-answers", type=Path, default=None, help="dev only: a grid file's answer formats per task")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
     seeds = [int(seed) for seed in options.seeds.split(",")]
@@ -378,10 +449,19 @@ def main() -> None:
         if not Path("data/task/test.jsonl").is_file():
             build_data(plan, console)
         if options.dev_ties:
-            print(ties_dev_stage(plan, seeds, [float(d) for d in options.dev_ties.split(",")]))
+            densities = [float(d) for d in options.dev_ties.split(",")]
+            cache = f"dev-ties-extra{'-all' if options.dev_all else ''}.json"
+            print(dev_stage(plan, seeds, ties_candidates(densities), cache, options.dev_all))
+            return
+        if options.dev_answers:
+            print(dev_answers_stage(plan, seeds, grid_candidates(options.dev_answers), options.dev_all))
+            return
+        if options.dev_grid:
+            cache = f"dev-grid-{options.dev_grid.stem}{'-all' if options.dev_all else ''}.json"
+            print(dev_stage(plan, seeds, grid_candidates(options.dev_grid), cache, options.dev_all))
             return
         if options.chosen:
-            print(chosen_stage(plan, seeds, console, options.with_align))
+            print(chosen_stage(plan, seeds, console, options.with_align, options.dev_all))
             print(f"\n{len(seeds)} seeds; exact match, percent, mean [95 % interval]; {time.perf_counter() - started:.0f} s")
             return
         train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
