@@ -250,17 +250,26 @@ def method_pairs(adapters: list[Path], rank: int | None) -> list[tuple[str, dict
     return method_candidates(grid_recipe(adapters, rank))
 
 
+WINNER = "search winner (full rank)"  # per seed, `merge --search methods`' overall winner: what the command writes
+
+
+def seed_variant(seed: dict[str, Any], name: str) -> str:
+    """The variant whose scores stand for name in this seed: the winner is its method's best full-rank candidate."""
+    return f"{family(seed['search_winner'])} (full rank)" if name == WINNER else name
+
+
 def chosen_summary(per_seed: list[dict[str, Any]], kinds_of_lines: dict[int, str]) -> dict[str, Any]:
     """Per variant: each task's mean [interval] over seeds x items, the mean of the three, kept share of the
     own adapters' mean; shared - merged paired per rank."""
-    names = list(per_seed[0]["chosen"])
+    names = [*per_seed[0]["chosen"], WINNER]
     summary: dict[str, Any] = {"variants": {}, "shared - merged": {}}
     own: dict[str, float] = {}
     for kind in KINDS:
         items = sorted(line for line, found in kinds_of_lines.items() if found == kind)
         zero = [dict.fromkeys(items, 0.0) for _ in per_seed]
         scores = {
-            n: [{line: seed["scores"][n][str(line)] for line in items} for seed in per_seed] for n in [*names, f"task-{kind}"]
+            n: [{line: seed["scores"][seed_variant(seed, n)][str(line)] for line in items} for seed in per_seed]
+            for n in [*names, f"task-{kind}"]
         }
         own[kind] = bootstrap_interval(paired_scores(scores[f"task-{kind}"], zero, items)).to_json()
         for name in names:
@@ -290,7 +299,7 @@ def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> st
         "| each task's own adapter | - | " + " | ".join(interval_cell(own[k]) for k in KINDS) + f" | {own['mean']:.1f} | 100 % |"
     )
     for name, kinds in summary["variants"].items():
-        labels = " / ".join(seed["chosen"][name]["label"] for seed in per_seed)
+        labels = " / ".join(seed["chosen"][seed_variant(seed, name)]["label"] for seed in per_seed)
         cells = " | ".join(interval_cell(kinds[k]) for k in KINDS)
         lines.append(f"| {name} | {labels} | {cells} | {kinds['mean']:.1f} | {100 * kinds['kept']:.0f} % |")
     lines += [
