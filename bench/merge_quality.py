@@ -436,6 +436,11 @@ def grid_candidates(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(candidate.label, candidate.changes) for candidate in grid_file(path)]
 
 
+def absolute_path(text: str) -> Path:
+    """A grid file's path resolved from the caller's folder: the stages run inside --out, where it would not be found."""
+    return Path(text).resolve()
+
+
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -446,8 +451,8 @@ def main() -> None:
     parser.add_argument("--with-align", action="store_true", help="--chosen with the alignment adapter as a 4th source")
     parser.add_argument("--dev-all", action="store_true", help="--chosen on the dev split's six languages, not en + fr")
     parser.add_argument("--dev-ties", default=None, help="dev only: ties at these densities, e.g. 0.7,0.8,0.9,1")
-    parser.add_argument("--dev-grid", type=Path, default=None, help="dev only: a `merge --search` grid .yaml file")
-    parser.add_argument("--dev-answers", type=Path, default=None, help="dev only: a grid file's answer formats per task")
+    parser.add_argument("--dev-grid", type=absolute_path, default=None, help="dev only: a `merge --search` grid .yaml file")
+    parser.add_argument("--dev-answers", type=absolute_path, default=None, help="dev only: a grid file's answer formats per task")
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
     seeds = [int(seed) for seed in options.seeds.split(",")]
