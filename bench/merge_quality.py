@@ -9,6 +9,7 @@ every method's documented defaults and weight 1 each, scored per task with `lora
     .venv/bin/python bench/merge_quality.py --dev-ties 0.7,0.8,0.9,1 --seeds 0,1   # dev only: ties' densities
     .venv/bin/python bench/merge_quality.py --dev-grid bench/grids/source-weights.yaml --seeds 0,1   # dev only: a grid
     .venv/bin/python bench/merge_quality.py --dev-answers bench/grids/answer-formats.yaml --seeds 0,1   # dev: formats
+    .venv/bin/python bench/merge_quality.py --union bench/grids/shared-low-rank.yaml --dev-all --seeds 0,1,2   # test once
 
 Protocol (defaults): nothing is chosen, so there is no dev selection and the test split is read once.
 Protocol (--chosen, issue 23): per seed, `merge --search methods`'s default grid (method_grid.py: cat x 1/3, 0.5,
@@ -419,6 +420,49 @@ def dev_answers_stage(plan: DemoPlan, seeds: list[int], candidates: list[tuple[s
     return "\n".join(lines)
 
 
+def union_stage(plan: DemoPlan, seeds: list[int], grid: Path, dev_all: bool) -> str:
+    """Per seed, the dev winner of `merge --search methods`' default grid together with a grid file's
+    candidates, read on TEST once, beside `--chosen`'s variants (whose run this needs: its dev scores, own
+    adapters' test scores and table are reused)."""
+    from loramerge.evaluate.evaluator import Evaluator
+
+    dev = dev_records(dev_all)
+    test = by_kind_records(
+        split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES), Path("data/by-kind/test-kinds.jsonl")
+    )
+    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
+    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    suffix = "-all" if dev_all else ""
+    name = f"dev winner, default grid + {grid.stem}"
+    per_seed = []
+    for seed in seeds:
+        root = Path(f"seed{seed}") / ("dev-all" if dev_all else "")
+        if not (root / "chosen.json").is_file():
+            raise SystemExit(
+                f"{root}/chosen.json is missing: run --chosen{' --dev-all' if dev_all else ''} for seed {seed} first"
+            )
+        result = json.loads((root / "chosen.json").read_text())
+        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        rows = [
+            *dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, root / "dev-full.json"),
+            *dev_search(
+                adapters, None, grid_candidates(grid), evaluator, dev, Path(f"seed{seed}/dev-grid-{grid.stem}{suffix}.json")
+            ),
+        ]
+        winner = max(rows, key=lambda row: (row["dev"], -rows.index(row)))  # a tie keeps the earlier, as `merge --search`
+        cache = root / f"union-{grid.stem}.json"
+        if not cache.is_file():
+            folder = root / f"union-{grid.stem}"
+            merge_candidate(adapters, None, winner["changes"], folder)
+            scores = test_scores(evaluator, {name: folder}, test)[name]
+            cache.write_text(json.dumps({"label": winner["label"], "dev": winner["dev"], "scores": scores}) + "\n")
+        found = json.loads(cache.read_text())
+        result["chosen"][name] = {"rank": None, "label": found["label"], "dev": found["dev"]}
+        result["scores"][name] = {str(line): score for line, score in found["scores"].items()}
+        per_seed.append(result)
+    return chosen_tables(chosen_summary(per_seed, {record.line: record.lang for record in test}), per_seed)
+
+
 def kind_scores(row: dict[str, Any]) -> str:
     return " / ".join(f"{row['kinds'][kind]:.1f}" for kind in KINDS)
 
@@ -453,6 +497,9 @@ def main() -> None:
     parser.add_argument("--dev-ties", default=None, help="dev only: ties at these densities, e.g. 0.7,0.8,0.9,1")
     parser.add_argument("--dev-grid", type=absolute_path, default=None, help="dev only: a `merge --search` grid .yaml file")
     parser.add_argument("--dev-answers", type=absolute_path, default=None, help="dev only: a grid file's answer formats per task")
+    parser.add_argument(
+        "--union", type=absolute_path, default=None, help="test once: the dev winner of the default grid + a grid file"
+    )
     options = parser.parse_args()
     plan = QUICK if options.quick else FULL
     seeds = [int(seed) for seed in options.seeds.split(",")]
@@ -469,6 +516,9 @@ def main() -> None:
             return
         if options.dev_answers:
             print(dev_answers_stage(plan, seeds, grid_candidates(options.dev_answers), options.dev_all))
+            return
+        if options.union:
+            print(union_stage(plan, seeds, options.union, options.dev_all))
             return
         if options.dev_grid:
             cache = f"dev-grid-{options.dev_grid.stem}{'-all' if options.dev_all else ''}.json"
