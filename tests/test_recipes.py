@@ -81,3 +81,16 @@ def test_every_shipped_merge_recipe_validates():
     assert recipes, "recipes/ ships at least one merge recipe"
     for path in recipes:
         load_recipe(MergeRecipe, path)
+
+
+def test_every_committed_bench_grid_is_a_valid_search_grid_for_three_sources():
+    """bench/grids/*.yaml are `merge --search FILE` grids (BENCHMARKS.md runs them): each candidate must make a
+    valid recipe of three sources, or the benchmark fails an hour in."""
+    from loramerge.merge.search_grid import candidate_recipe, grid_file
+
+    recipe = MergeRecipe.model_validate({"sources": [{"path": name} for name in ("country", "language", "currency")]})
+    grids = sorted((RECIPES.parent / "bench" / "grids").glob("*.yaml"))
+    assert len(grids) == 3
+    for grid in grids:
+        for candidate in grid_file(grid):
+            assert candidate_recipe(recipe, candidate).method == candidate.changes["method"]

@@ -5,9 +5,9 @@ scale, which overshoots where adapters share a direction (three task adapters of
 tsv 5.2, against 19.1 for ties' mean; BENCHMARKS.md, "Quality on real adapters with each method's defaults"), and the papers choose alpha on
 validation data. The grid gives each method the scales that matter for n adapters, 1/n (a mean), 0.5 and 1 (the
 sum), and TIES four densities at its default disjoint mean, 1 being sign election without trimming: 12 candidates
-for 2 adapters, 16 for 3 or more. Density 1 joined the grid because on three task adapters' dev split it scored
-as high as 0.7 (seed 0: 18.7 vs 17.6; seed 1: 18.3 vs 18.8; BENCHMARKS.md, "--dev-ties"): the old grid's winner
-sat at its edge.
+for 2 adapters, 16 for 3 or more. Density 1 joined the grid because the old grid's winner sat at its edge (0.7),
+and on three task adapters' dev split density 1 scored as high (seed 0: 18.7 vs 17.6; seed 1: 18.3 vs 18.8); with
+it, dev chose ties at density 1 in 2 of 3 seeds (BENCHMARKS.md, "Chosen on the dev split's six languages").
 """
 
 from __future__ import annotations
