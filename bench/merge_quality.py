@@ -166,6 +166,11 @@ def grid_recipe(adapters: list[Path], rank: int | None) -> MergeRecipe:
     return validate_recipe(MergeRecipe, grid_base(adapters, rank), "merge_quality grid")
 
 
+def dev_winner(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best dev row; a tie keeps the earlier, as `merge --search` does."""
+    return max(rows, key=lambda row: (row["dev"], -rows.index(row)))
+
+
 def best_per_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each method's best dev candidate (ties go to the earlier, as in `merge --search`)."""
     best: dict[str, dict[str, Any]] = {}
@@ -213,7 +218,7 @@ def chosen_seed(seed: int, adapters: list[Path], evaluator: Any, dev: list[Any],
         return json.loads(cache.read_text())
     full = dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, root / "dev-full.json")
     chosen = {f"{name} (full rank)": (None, row) for name, row in best_per_method(full).items()}
-    winner = max(full, key=lambda row: (row["dev"], -full.index(row)))
+    winner = dev_winner(full)
     alphas = {name: chosen[f"{name} (full rank)"][1]["changes"] for name in CORE}
     svd = [(label, changes) for label, changes in method_pairs(adapters, 16) if family(label) == "svd"]
     svd_rows = dev_search(adapters, 16, svd, evaluator, dev, root / "dev-svd16.json")
@@ -337,24 +342,48 @@ def dev_records(all_languages: bool) -> list[Any]:
     )
 
 
-def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align: bool, dev_all: bool) -> str:
-    from loramerge.evaluate.evaluator import Evaluator
-
-    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
-    dev = dev_records(dev_all)
-    test = by_kind_records(
+def test_records() -> list[Any]:
+    """The test split by kind, en + fr (374 items)."""
+    return by_kind_records(
         split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES), Path("data/by-kind/test-kinds.jsonl")
     )
+
+
+def exact_evaluator(plan: DemoPlan) -> Any:
+    from loramerge.evaluate.evaluator import Evaluator
+
+    return Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+
+
+def task_adapters(plan: DemoPlan, seed: int) -> list[Path]:
+    """The seed's three task adapters, trained once and reused from --out afterwards."""
+    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
+    return [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+
+
+def chosen_root(seed: int, with_align: bool, dev_all: bool) -> Path:
+    """Where `--chosen` keeps a seed's dev scores, merges and test scores (`--union` reads them there)."""
+    return Path(f"seed{seed}") / ("with-align" if with_align else "") / ("dev-all" if dev_all else "")
+
+
+def dev_grid_cache(grid: Path, dev_all: bool) -> str:
+    """Where `--dev-grid` keeps a grid file's dev scores per seed, and `--union` finds them."""
+    return f"dev-grid-{grid.stem}{'-all' if dev_all else ''}.json"
+
+
+def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align: bool, dev_all: bool) -> str:
+    dev = dev_records(dev_all)
+    test = test_records()
     kinds_of_lines = {record.line: record.lang for record in test}
-    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    evaluator = exact_evaluator(plan)
     per_seed = []
     for seed in seeds:
         console.rule(f"seed {seed}")
-        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        adapters = task_adapters(plan, seed)
         # --with-align: the alignment adapter as a fourth source (the paper's merge, beside three tasks): 4 x r16
         # inputs, so a rank-16 output must drop three quarters of the stacked rank
         extra = [align_adapter(plan, seed)] if with_align else []
-        root = Path(f"seed{seed}") / ("with-align" if with_align else "") / ("dev-all" if dev_all else "")
+        root = chosen_root(seed, with_align, dev_all)
         per_seed.append(chosen_seed(seed, adapters + extra, evaluator, dev, test, root))
     summary = chosen_summary(per_seed, kinds_of_lines)
     name = "chosen" + ("-with-align" if with_align else "") + ("-dev-all" if dev_all else "")
@@ -366,16 +395,13 @@ def chosen_stage(plan: DemoPlan, seeds: list[int], console: Console, with_align:
 
 def dev_stage(plan: DemoPlan, seeds: list[int], candidates: list[tuple[str, dict[str, Any]]], cache: str, dev_all: bool) -> str:
     """DEV only (no test read): the candidates, per seed, on the `--chosen` stage's adapters and dev items."""
-    from loramerge.evaluate.evaluator import Evaluator
-
     dev = dev_records(dev_all)
-    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
-    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    evaluator = exact_evaluator(plan)
     lines = ["| candidate | " + " | ".join(f"seed {seed}: mean (country / language / currency)" for seed in seeds) + " |"]
     lines.append("|---|" + "---|" * len(seeds))
     per_seed = []
     for seed in seeds:
-        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        adapters = task_adapters(plan, seed)
         per_seed.append(dev_search(adapters, None, candidates, evaluator, dev, Path(f"seed{seed}/{cache}")))
     for index, (label, _) in enumerate(candidates):
         cells = [f"{rows[index]['dev']:.1f} ({kind_scores(rows[index])})" for rows in per_seed]
@@ -395,15 +421,12 @@ def code_length(text: str) -> int | None:
 def dev_answers_stage(plan: DemoPlan, seeds: list[int], candidates: list[tuple[str, dict[str, Any]]], dev_all: bool) -> str:
     """DEV only: per candidate and kind, exact match and how many answers carry a 2- or 3-letter code (country
     and language codes have 2 letters, currency codes 3): whether a merge keeps each task's answer format."""
-    from loramerge.evaluate.evaluator import Evaluator
-
     dev = dev_records(dev_all)
-    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
-    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
+    evaluator = exact_evaluator(plan)
     lines = ["| seed | candidate | " + " | ".join(f"{k}: exact, 2 / 3 letters" for k in KINDS) + " |"]
     lines.append("|---|---|" + "---|" * len(KINDS))
     for seed in seeds:
-        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        adapters = task_adapters(plan, seed)
         for index, (label, changes) in enumerate(candidates):
             folder = Path(f"seed{seed}/answers{'-all' if dev_all else ''}/{index}")
             merge_candidate(adapters, None, changes, folder)
@@ -424,32 +447,26 @@ def union_stage(plan: DemoPlan, seeds: list[int], grid: Path, dev_all: bool) -> 
     """Per seed, the dev winner of `merge --search methods`' default grid together with a grid file's
     candidates, read on TEST once, beside `--chosen`'s variants (whose run this needs: its dev scores, own
     adapters' test scores and table are reused)."""
-    from loramerge.evaluate.evaluator import Evaluator
-
     dev = dev_records(dev_all)
-    test = by_kind_records(
-        split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES), Path("data/by-kind/test-kinds.jsonl")
-    )
-    train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
-    evaluator = Evaluator(plan.model, "exact", batch_size=32, max_new_tokens=plan.max_new_tokens)
-    suffix = "-all" if dev_all else ""
+    test = test_records()
+    evaluator = exact_evaluator(plan)
     name = f"dev winner, default grid + {grid.stem}"
     per_seed = []
     for seed in seeds:
-        root = Path(f"seed{seed}") / ("dev-all" if dev_all else "")
+        root = chosen_root(seed, False, dev_all)
         if not (root / "chosen.json").is_file():
             raise SystemExit(
                 f"{root}/chosen.json is missing: run --chosen{' --dev-all' if dev_all else ''} for seed {seed} first"
             )
         result = json.loads((root / "chosen.json").read_text())
-        adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+        adapters = task_adapters(plan, seed)
         rows = [
             *dev_search(adapters, None, method_pairs(adapters, None), evaluator, dev, root / "dev-full.json"),
             *dev_search(
-                adapters, None, grid_candidates(grid), evaluator, dev, Path(f"seed{seed}/dev-grid-{grid.stem}{suffix}.json")
+                adapters, None, grid_candidates(grid), evaluator, dev, Path(f"seed{seed}") / dev_grid_cache(grid, dev_all)
             ),
         ]
-        winner = max(rows, key=lambda row: (row["dev"], -rows.index(row)))  # a tie keeps the earlier, as `merge --search`
+        winner = dev_winner(rows)
         cache = root / f"union-{grid.stem}.json"
         if not cache.is_file():
             folder = root / f"union-{grid.stem}"
@@ -458,7 +475,7 @@ def union_stage(plan: DemoPlan, seeds: list[int], grid: Path, dev_all: bool) -> 
             cache.write_text(json.dumps({"label": winner["label"], "dev": winner["dev"], "scores": scores}) + "\n")
         found = json.loads(cache.read_text())
         result["chosen"][name] = {"rank": None, "label": found["label"], "dev": found["dev"]}
-        result["scores"][name] = {str(line): score for line, score in found["scores"].items()}
+        result["scores"][name] = found["scores"]  # lines as JSON keys (strings), as in chosen.json
         per_seed.append(result)
     return chosen_tables(chosen_summary(per_seed, {record.line: record.lang for record in test}), per_seed)
 
@@ -521,14 +538,13 @@ def main() -> None:
             print(union_stage(plan, seeds, options.union, options.dev_all))
             return
         if options.dev_grid:
-            cache = f"dev-grid-{options.dev_grid.stem}{'-all' if options.dev_all else ''}.json"
+            cache = dev_grid_cache(options.dev_grid, options.dev_all)
             print(dev_stage(plan, seeds, grid_candidates(options.dev_grid), cache, options.dev_all))
             return
         if options.chosen:
             print(chosen_stage(plan, seeds, console, options.with_align, options.dev_all))
             print(f"\n{len(seeds)} seeds; exact match, percent, mean [95 % interval]; {time.perf_counter() - started:.0f} s")
             return
-        train_files = split_by_kind(Path("data/task/train.jsonl"), Path("data/by-kind/train"), None)
         test_files = split_by_kind(Path("data/task/test.jsonl"), Path("data/by-kind/test"), LANGUAGES)
         test = Path("data/by-kind/test-all.jsonl")
         test.write_text("".join(path.read_text(encoding="utf-8") for path in test_files.values()), encoding="utf-8")
@@ -539,7 +555,7 @@ def main() -> None:
         per_seed = []
         for seed in seeds:
             console.rule(f"seed {seed} ({time.perf_counter() - started:.0f} s so far)")
-            adapters = [train_kind(kind, train_files[kind], plan, seed) for kind in KINDS]
+            adapters = task_adapters(plan, seed)
             merged = merge_all(adapters, seed)
             names = {f"task-{kind}": path for kind, path in zip(KINDS, adapters)} | merged
             per_seed.append(evaluate(names, test, plan, seed, console))
