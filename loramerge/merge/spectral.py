@@ -115,7 +115,10 @@ def knots_alignment(updates: list[torch.Tensor]) -> tuple[torch.Tensor, list[tor
     """KnOTS (Stoica et al., ICLR 2025): SVD of the column-wise concatenation [dW_1 ... dW_n] = U S [V_1^T ...
     V_n^T]. Returns U S (shared) and each task's aligned coordinates V_i^T (k x in): dW_i = U S V_i^T."""
     u, s, vh = leading(torch.cat(updates, dim=1), sum(min(x.shape) for x in updates))
-    return u * s, list(vh.split(updates[0].shape[1], dim=1))
+    # V_i^T = S^-1 U^T dW_i, each from its own update, not vh's blocks: equal updates then get bit-equal coordinates,
+    # so `--weights 1,-1` of one adapter ties every TIES vote exactly (vh's blocks differ by ~1e-16, and the votes
+    # elected that noise: 0.84 of the input kept instead of nothing). s > RANK_TOLERANCE * s[0]: no division blows up.
+    return u * s, [(u.T @ update) / s[:, None] for update in updates]
 
 
 def balanced_by_norm(cores: list[torch.Tensor], beta: float) -> list[torch.Tensor]:
