@@ -122,8 +122,10 @@ def _check_config_features(config_path: Path, config: dict[str, Any], problems: 
     if config.get("trainable_token_indices"):
         problems.add(f"{config_path}: trainable_token_indices is set; trainable-token adapters are not supported by loramerge")
     for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or config.get(key) <= 0:
-            problems.add(f"{config_path}: {key} must be a positive number, got {config.get(key)!r}")
+        value = config.get(key)
+        # json reads NaN and Infinity: NaN <= 0 is false, so a NaN lora_alpha passed and merged into NaN factors
+        if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            problems.add(f"{config_path}: {key} must be a positive number, got {value!r}")
 
 
 def split_key(key: str) -> tuple[str, str, bool] | None:

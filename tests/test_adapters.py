@@ -95,6 +95,8 @@ def test_a_written_adapter_is_indexed_without_reading_its_tensors(tmp_path: Path
         (factors(), {"lora_bias": True}, "lora_bias is true"),
         (factors(), {"peft_type": "IA3"}, "only 'LORA' adapters"),
         (factors(), {"r": 0}, "r must be a positive number"),
+        (factors(), {"lora_alpha": float("nan")}, "lora_alpha must be a positive number, got nan"),
+        (factors(), {"lora_alpha": float("inf")}, "lora_alpha must be a positive number, got inf"),
         (factors(rank=3), {}, "has rank 3 but adapter_config.json gives r=2"),
         ({f"{PREFIX}.lora_A.weight": torch.ones(2, 8)}, {}, "has no lora_B tensor"),
         ({f"{PREFIX}.lora_A.weight": torch.ones(2, 8, 1), f"{PREFIX}.lora_B.weight": torch.ones(6, 2)}, {}, "3-D factors"),

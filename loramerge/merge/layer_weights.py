@@ -69,12 +69,18 @@ def interpolate(values: Sequence[float], position: float) -> float:
     return values[lower] * (1.0 - fraction) + values[lower + 1] * fraction
 
 
-def module_weight(source: WeightedSource, module_name: str, num_layers: int) -> float:
-    for rule in reversed(source.rules):
-        if rule_matches(rule, module_name):
-            return rule.weight
+def weight_and_key(source: WeightedSource, module_name: str, num_layers: int) -> tuple[float, str]:
+    """The weight and the source's recipe key that set it ('rules.2.weight', 'depth_weights' or 'weight'), so an
+    error about a weight names where to change it."""
+    for index in reversed(range(len(source.rules))):
+        if rule_matches(source.rules[index], module_name):
+            return source.rules[index].weight, f"rules.{index}.weight"
     layer = layer_index(module_name)
     if source.depth_weights is not None and layer is not None:
         position = layer / (num_layers - 1) if num_layers > 1 else 0.0
-        return interpolate(source.depth_weights, position)
-    return source.weight
+        return interpolate(source.depth_weights, position), "depth_weights"
+    return source.weight, "weight"
+
+
+def module_weight(source: WeightedSource, module_name: str, num_layers: int) -> float:
+    return weight_and_key(source, module_name, num_layers)[0]

@@ -30,7 +30,8 @@ CARD_FILE = "README.md"
 
 
 class NonFiniteOutput(RuntimeError):
-    """A merged tensor is NaN or Inf: never published (an internal error, exit 1, not a user error)."""
+    """A merged tensor is NaN or Inf: never published. Scales that overflow are refused before any work
+    (merge/scales.py), so this is an internal error (exit 1), not a user error."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def write_weights(
             if not (a_finite and b_finite):
                 raise NonFiniteOutput(
                     f"module {output.name}: the merged factors hold NaN or Inf in {dtype} although every input was "
-                    "finite; nothing was written. Weights or alpha too large for the output dtype overflow it; "
-                    "otherwise this is a bug: rerun with --debug and report it"
+                    "finite and every scale fit (merge/scales.py); nothing was written. This is a bug: rerun with "
+                    "--debug and report it"
                 )
             if not output.entry.get("zero_filled"):
                 output.entry["zero"] = a_zero or b_zero
