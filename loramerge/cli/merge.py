@@ -76,7 +76,9 @@ def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
     return (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
 
 
-def run_merge_command(merge_recipe: MergeRecipe, out: Path, overwrite: bool, verb: str = "merging") -> MergeResult:
+def run_merge_command(
+    merge_recipe: MergeRecipe, out: Path, overwrite: bool, verb: str = "merging", strict: bool = False
+) -> MergeResult:
     from loramerge.merge.engine import merge_adapters
 
     with Progress(*progress_columns(verb), console=console, transient=True) as progress:
@@ -85,10 +87,12 @@ def run_merge_command(merge_recipe: MergeRecipe, out: Path, overwrite: bool, ver
         def advance(name: str) -> None:
             progress.update(task, advance=1, description=name)
 
-        return merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance)
+        return merge_adapters(merge_recipe, out, overwrite=overwrite, on_module=advance, strict=strict)
 
 
-def run_search_command(merge_recipe: MergeRecipe, settings: SearchSettings, out: Path, overwrite: bool) -> MergeResult:
+def run_search_command(
+    merge_recipe: MergeRecipe, settings: SearchSettings, out: Path, overwrite: bool, strict: bool = False
+) -> MergeResult:
     from loramerge.merge.search import search_and_merge
 
     with Progress(*progress_columns("searching"), console=console, transient=True) as progress:
@@ -97,7 +101,7 @@ def run_search_command(merge_recipe: MergeRecipe, settings: SearchSettings, out:
         def announce(index: int, candidate: Any) -> None:
             progress.update(task, completed=index, description=candidate.label)
 
-        result, rows, best = search_and_merge(merge_recipe, settings, out, overwrite, announce)
+        result, rows, best = search_and_merge(merge_recipe, settings, out, overwrite, announce, strict=strict)
     table = Table(
         "candidate", "supervised", "transfer", "all", title=f"dev {settings.metric} (percent); chosen by {settings.objective}"
     )
@@ -122,9 +126,15 @@ def print_merge_summary(result: MergeResult) -> None:
     table.add_row("max relative error", f"{report['max_relative_error']:.2e}")
     if "max_dtype_relative_error" in report:  # what rounding to --dtype adds to the written factors
         table.add_row("+ rounding to the dtype", f"{report['max_dtype_relative_error']:.2e}")
+    cancellation = report["cancellation"]
+    if cancellation["zero"]:
+        table.add_row("norm", "[bold red]ZERO: the adapter changes nothing[/bold red]")
+    elif cancellation["relative_norm"] is not None:
+        table.add_row("norm", f"{cancellation['relative_norm']:.2e} of the largest input's")
     console.print(table)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for index, warning in enumerate(result.warnings):  # the cancellation warning comes first: louder when zero
+        label = "[bold red]warning:[/bold red]" if index == 0 and cancellation["zero"] else "[yellow]warning:[/yellow]"
+        console.print(f"{label} {warning}")
 
 
 def merge(
@@ -185,6 +195,12 @@ def merge(
     ] = "all",
     metric: Annotated[str, typer.Option("--metric", help="--search: exact, chrf or f1.")] = "exact",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="--search: longest answer in tokens.")] = 32,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Refuse (exit 2, nothing written) a merge whose inputs cancel, instead of warning about it."
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Combine PEFT LoRA adapters by weighted tensor arithmetic into one adapter, without the base model."""
@@ -207,9 +223,9 @@ def merge(
             from loramerge.merge.search import SearchSettings
 
             settings = SearchSettings(tuple(search), dev, model, supervised, search_objective, metric, max_new_tokens)
-            result = run_search_command(merge_recipe, settings, out, overwrite)
+            result = run_search_command(merge_recipe, settings, out, overwrite, strict)
         else:
-            result = run_merge_command(merge_recipe, out, overwrite)
+            result = run_merge_command(merge_recipe, out, overwrite, strict=strict)
         print_merge_summary(result)
         if push_to is not None:
             push_output(result.out, push_to)

@@ -18,7 +18,7 @@ costs nothing at eps = 1e-16 (fp32 QR + SVD + SVD already lose 1.1e-6 relative, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -94,4 +94,4 @@ def from_core(
     if energy is None:  # the rank planned before the work (as for svd) even where the inputs span less
         (out, total), fan_in = space.b.shape, space.a.shape[1]
         a, b = pad_factors(a, b, min(rank if rank is not None else total, out, fan_in, total))
-    return Truncation(b=b, a=a, retained_energy=small.retained_energy, relative_error=small.relative_error, task_retained=shares)
+    return replace(small, b=b, a=a, task_retained=shares)  # the norm is the kept values', the bases orthonormal

@@ -20,7 +20,7 @@ from loramerge.merge.lowrank import product_frobenius_norm
 from loramerge.merge.peft_config import merged_config
 from loramerge.merge.plan import ModulePlan, natural_key
 from loramerge.merge.recipe import MergeRecipe, MergeSource
-from loramerge.merge.report import build_report, rank_span, summarise
+from loramerge.merge.report import build_report, merge_warnings, rank_span, summarise
 from loramerge.merge.stream_writer import StreamingWriter, TensorSpec
 from loramerge.recipes import dump_recipe
 
@@ -139,10 +139,12 @@ def write_folder_files(
     modules: dict[str, dict[str, Any]],
     plan: list[ModulePlan],
     layout: dict[str, Any],
+    carried: dict[str, torch.Tensor],
     card_section: str = "",
     extra_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """adapter_config.json, merge_report.json, recipe.yaml, the card and any extra files; returns the report."""
+    """adapter_config.json, merge_report.json (with the warnings), recipe.yaml, the card and any extra files;
+    returns the report."""
     base_model = recipe.base_model or adapters[0].base_model
     config = merged_config(adapters, {module.name: module.rank for module in plan}, base_model)
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -151,6 +153,7 @@ def write_folder_files(
         "layout": layout,
         "inputs": [input_record(source, a) for source, a in zip(recipe.sources, adapters)],
     }
+    report["warnings"] = merge_warnings(report, carried)
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     # unset method keys stay out: the file reruns as is, and a key the method does not read would be refused
     recipe_yaml = dump_recipe(pinned(recipe, adapters), exclude_none=True)

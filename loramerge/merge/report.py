@@ -1,4 +1,4 @@
-"""What a merge reports: per-module ranks and errors, a one-line summary, warnings for serving."""
+"""What a merge reports: per-module ranks, errors and norms, a one-line summary, the warnings (cancellation, serving)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from loramerge.adapters import KEY_PREFIX, LoraAdapter
+from loramerge.merge.cancellation import cancellation_summary, cancellation_warnings
 from loramerge.merge.methods import METHODS
 from loramerge.merge.recipe import MergeRecipe, settings_used
 
@@ -26,6 +27,7 @@ def build_report(recipe: MergeRecipe, modules: dict[str, dict[str, Any]]) -> dic
         "rank_max": max(ranks),
         "max_relative_error": max(errors),
         **({"max_dtype_relative_error": max(rounding)} if rounding else {}),  # of the written, rounded factors
+        "cancellation": cancellation_summary(modules),
         "modules": modules,
     }
 
@@ -44,6 +46,11 @@ def describe_layout(layout: dict[str, Any]) -> str:
     """'portable (every module stored at rank 16): served exactly by PEFT, vLLM, ...', for the card and the CLI."""
     stored = f" (every module stored at rank {layout['stored_rank']})" if layout["stored_rank"] is not None else ""
     return f"{layout['name']}{stored}: served exactly by {', '.join(layout['served_exactly_by'])}"
+
+
+def merge_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:
+    """Every warning of a merge, the cancellation one first (loudest when the adapter is zero)."""
+    return cancellation_warnings(report["cancellation"], report["modules_merged"]) + serving_warnings(report, carried)
 
 
 def serving_warnings(report: dict[str, Any], carried: dict[str, torch.Tensor]) -> list[str]:

@@ -126,8 +126,10 @@ def search_and_merge(
     out: Path,
     overwrite: bool,
     on_candidate: Callable[[int, Candidate], None] | None = None,
+    strict: bool = False,
 ) -> tuple[MergeResult, list[SearchRow], SearchRow]:
-    """Score every candidate on the dev set, then write the best merge to `out` with the table in its card."""
+    """Score every candidate on the dev set, then write the best merge to `out` with the table in its card. strict
+    applies to that merge (a candidate that cancels is scored like any other: the dev set judges it)."""
     with output_lock(out):
         if settings.objective not in OBJECTIVES:
             raise LoramergeError(f"--search-objective {settings.objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -150,6 +152,7 @@ def search_and_merge(
             overwrite=overwrite,
             extra_files={"search.json": json.dumps(summary, indent=2) + "\n", "search.md": table},
             card_section=table,
+            strict=strict,
         )
         result.warnings[:0] = identical_candidates(rows)
         return result, rows, best

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
-from loramerge.merge.lowrank import frobenius
+from loramerge.merge.lowrank import frobenius, sum_norms
 from loramerge.merge.methods import METHODS
 from loramerge.merge.scales import scientific
 from tests.helpers import adapter_tensors, copy_adapter, leftovers
@@ -106,9 +106,19 @@ def test_tensors_that_large_are_called_corrupt(task_adapter: Path, align_adapter
     refused([str(huge), str(align_adapter)], tmp_path / "m", f"{huge / 'adapter_model.safetensors'}", "corrupt or diverged")
 
 
-def test_a_factor_norm_is_none_only_for_nan_or_inf() -> None:
-    b = torch.randn(48, 4, generator=torch.Generator().manual_seed(0))
-    assert frobenius(b * 1e20) == pytest.approx(float(b.double().norm()) * 1e20, rel=1e-6)  # float32 squares overflow
+def test_norms_of_low_rank_sums_match_dense_products_through_cancellation_and_float32_overflow() -> None:
+    generator = torch.Generator().manual_seed(0)
+    b, a = torch.randn(48, 4, generator=generator), torch.randn(4, 40, generator=generator)
+    other_b, other_a = torch.randn(48, 6, generator=generator), torch.randn(6, 40, generator=generator)
+    whole, inputs = sum_norms([(b, a, 2.0), (other_b, other_a, -0.5)])
+    dense = [2.0 * b.double() @ a.double(), -0.5 * other_b.double() @ other_a.double()]
+    assert whole == pytest.approx(float(sum(dense).norm()), rel=1e-5)
+    assert inputs == [pytest.approx(float(update.norm()), rel=1e-5) for update in dense]
+    cancelled, _ = sum_norms([(b, a, 1.0), (b, a, -1.0)])  # float32 Grams read ~3e-4 of the input here
+    assert cancelled <= 1e-6 * inputs[0]
+    large, _ = sum_norms([(b * 1e20, a, 1.0)])  # float32 squares overflow; float64 holds them
+    assert large == pytest.approx(float((b.double() @ a.double()).norm()) * 1e20, rel=1e-5)
+    assert frobenius(b * 1e20) == pytest.approx(float(b.double().norm()) * 1e20, rel=1e-6)
     assert frobenius(torch.tensor([1.0, float("nan")])) is None and frobenius(torch.tensor([float("inf")])) is None
 
 
