@@ -69,6 +69,27 @@ def test_merge_interrupted_between_the_two_renames_puts_the_old_output_back_at_o
     assert folder_bytes(out) == before and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("signal_name", ["KILL", "INT"])
+def test_merge_stopped_while_modules_are_in_flight_on_the_workers(task_adapter, align_adapter, tmp_path, signal_name):
+    """Stopped after its third module is written, with the next ones computing on the module workers (svd,
+    merge/parallel.py): the old output stays whole; a Ctrl-C cleans up at once, a kill at the next run."""
+    out = tmp_path / "merged"
+    assert loramerge("merge", str(task_adapter), "--out", str(out)).returncode == 0
+    before = folder_bytes(out)
+    args = ["merge", str(task_adapter), str(align_adapter), "--method", "svd", "--rank", "4", "--out", str(out), "--overwrite"]
+    stopped = loramerge(*args, fault=f"merge:module#3:{signal_name}")
+    assert folder_bytes(out) == before
+    if signal_name == "INT":
+        assert stopped.returncode == 130, stopped.stderr
+        assert stopped.stderr.strip().splitlines()[-1] == "error: interrupted; no output was written"
+        assert leftovers(tmp_path) == []
+        return
+    assert stopped.returncode == -signal.SIGKILL and len(leftovers(tmp_path)) == 1  # the staged, unfinished output
+    again = loramerge(*args)
+    assert again.returncode == 0 and "the unfinished output of an interrupted run" in again.stderr
+    assert leftovers(tmp_path) == [] and folder_bytes(out) != before
+
+
 def train_args(model_dir: Path, data: dict[str, Path], out: Path, *extra: str) -> list[str]:
     """Joint training with dropout (so the RNG state must resume too), a checkpoint every 2 of 6 steps."""
     return [

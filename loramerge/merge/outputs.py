@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from loramerge.adapters import CONFIG_FILE, LoraAdapter
+from loramerge.faults import crash_point
 from loramerge.hub.card import MergedInput, input_card_metadata, render_merge_card
 from loramerge.merge.layout import SERVED_BY, pad_factors
 from loramerge.merge.lowrank import product_frobenius_norm
@@ -109,6 +110,7 @@ def write_weights(
                     output.entry["dtype_relative_error"] = rounding_error(output.b, output.a, b, a)
             writer.write(output.a_key, a)
             writer.write(output.b_key, b)
+            crash_point("merge:module")  # the crash tests stop a merge here, with modules in flight on the workers
             if not output.entry.get("zero_filled"):  # the report lists merged modules only
                 entries[output.name] = output.entry
             if on_module is not None:
