@@ -136,23 +136,26 @@ def extract_language(root: Path, lang: str, settings: FilterSettings) -> Languag
     return result
 
 
-def check_languages(root: Path, langs: list[str]) -> None:
+def check_languages(root: Path, langs_by_flag: dict[str, list[str]]) -> None:
+    """Every language a flag names has catalogs under `root` (and is not English, the source side of every pair);
+    each problem names its flag."""
     problems = ProblemList()
     if not root.is_dir():
         raise LoramergeError(f"--root {root}: no such folder; gettext catalogs live in {DEFAULT_ROOT}/<lang>/LC_MESSAGES/*.mo")
-    if not langs:
-        raise LoramergeError("--langs is empty; give target languages such as fr,de,ja")
     available = available_languages(root)
-    for lang in langs:
-        if lang == SOURCE_LANG:
-            problems.add(f"--langs {lang}: English is the source language of every pair; give target languages")
-        elif not LANG_CODE.match(lang) or not catalog_files(root, lang):  # the pattern keeps '../x' out of the path
-            what = f"no catalogs in {root / lang / 'LC_MESSAGES'}" if LANG_CODE.match(lang) else "not a locale folder name"
-            close = get_close_matches(lang.replace("-", "_"), available, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            problems.add(
-                f"--langs {lang!r}: {what}; {hint}{len(available)} languages have catalogs in {root}, e.g. fr, pt_BR, sr@latin"
-            )
+    for flag, langs in langs_by_flag.items():
+        if not langs:
+            problems.add(f"{flag} is empty; give target languages such as fr,de,ja")
+        for lang in langs:
+            if lang == SOURCE_LANG:
+                problems.add(f"{flag} {lang}: English is the source language of every pair; give target languages")
+            elif not LANG_CODE.match(lang) or not catalog_files(root, lang):  # the pattern keeps '../x' out of the path
+                what = f"no catalogs in {root / lang / 'LC_MESSAGES'}" if LANG_CODE.match(lang) else "not a locale folder name"
+                close = get_close_matches(lang.replace("-", "_"), available, n=3, cutoff=0.6)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                problems.add(
+                    f"{flag} {lang!r}: {what}; {hint}{len(available)} languages have catalogs in {root}, e.g. fr, pt_BR, sr@latin"
+                )
     problems.raise_if_any()
 
 
@@ -255,7 +258,7 @@ def extract_gettext(
         if settings.min_words < 0 or settings.max_chars < 1:
             raise LoramergeError("--min-words must be >= 0 and --max-chars >= 1")
         langs = list(dict.fromkeys(langs))  # drop repeats, keep order
-        check_languages(root, langs)
+        check_languages(root, {"--langs": langs})
         languages = [extract_language(root, lang, settings) for lang in langs]
         if multiway:
             keep_multiway(languages)

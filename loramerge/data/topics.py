@@ -10,7 +10,8 @@ same items in other words.
 Labels come from groups of gettext catalogs (`TOPICS`): a sentence is labelled with the group of the catalogs
 it appears in, and left out when it appears in catalogs of two groups (41 sentences here). Dev and test hold
 only sentences translated into every language of the task, the same number per label (chance = 1/labels),
-chosen by a seeded hash; train holds the supervised languages only, at most `train_per_label` per label.
+chosen by a seeded hash; train holds the supervised languages only, `train_per_label` per label (a split
+without some label, or with fewer train sentences of one, is refused).
 
 Licences are GPL/LGPL: extract at run time, do not commit or publish the output.
 """
@@ -161,6 +162,38 @@ def alignment_pairs(sources: list[str], langs: list[str], sentences: TopicSenten
     return pairs
 
 
+def check_label_counts(
+    present: dict[str, list[str]], labels: dict[str, str], split_langs: dict[str, list[str]], split: str, train_per_label: int
+) -> None:
+    """Every split written holds every label, and train `train_per_label` of each (balanced, like dev and test): a
+    label without sentences gave a split without that label, and too few a train split of unequal labels, both with
+    exit 0. `present`: each split's sentences translated into all its languages."""
+    found = set(labels.values())
+    if absent := [label for label in TOPICS if label not in found]:
+        catalogs = sorted({lang for langs in split_langs.values() for lang in langs if lang != SOURCE_LANG})
+        raise LoramergeError(
+            f"the catalogs of {', '.join(catalogs)} hold no sentence of label {', '.join(absent)} (the English "
+            "sentences are their msgids); choose better-covered languages, e.g. fr,de,ja,ru,zh_CN"
+        )
+    problems = ProblemList()
+    for name, sources in present.items():
+        counts = Counter(labels[source] for source in sources)
+        empty = [label for label in TOPICS if not counts[label]]
+        if empty:
+            problems.add(
+                f"the {name} split (--split {split}) has no sentence of label {', '.join(empty)} translated into "
+                f"every one of {', '.join(split_langs[name])}; choose better-covered languages or give {name} a larger "
+                "share of --split"
+            )
+        elif name == "train" and (fewest := min(counts[label] for label in TOPICS)) < train_per_label:
+            short = ", ".join(f"{label} {counts[label]}" for label in TOPICS if counts[label] < train_per_label)
+            problems.add(
+                f"--train-per-label {train_per_label}: too few train sentences in {', '.join(split_langs[name])} with "
+                f"--split {split} ({short}); give at most {fewest}, or a larger train share of --split"
+            )
+    problems.raise_if_any()
+
+
 def build_topic_task(
     supervised: list[str],
     transfer: list[str],
@@ -186,26 +219,29 @@ def build_topic_task(
         fractions = parse_split(split)
         langs = list(dict.fromkeys([*supervised, *transfer]))
         read_langs = list(dict.fromkeys([*langs, *(align_langs or [])]))
-        catalog_langs = [lang for lang in read_langs if lang != SOURCE_LANG]
-        if not catalog_langs:  # the English sentences are the msgids of other languages' catalogs
+        if not [lang for lang in read_langs if lang != SOURCE_LANG]:  # English sentences are other catalogs' msgids
             raise LoramergeError("--transfer is empty; give the languages seen only in dev/test, e.g. fr,ja,ru,zh_CN")
-        check_languages(locale_root, catalog_langs)
+        roles = {"--supervised": supervised, "--transfer": transfer}
+        targets = {flag: [lang for lang in role if lang != SOURCE_LANG] for flag, role in roles.items()}
+        targets = {flag: role for flag, role in targets.items() if role}  # English is a task language, needs no catalog
+        if align_langs:  # but not a language to pair English with
+            targets["--align-pairs"] = align_langs
+        check_languages(locale_root, targets)
         sentences = read_topic_sentences(locale_root, read_langs)
         by_split: dict[str, list[str]] = {name: [] for name, fraction in fractions.items() if fraction > 0}
         for source in sentences.labels:
             by_split[split_of(source, fractions, seed)].append(source)
         split_langs = {name: supervised if name == "train" else langs for name in by_split}  # dev/test: every language
-        chosen: dict[str, list[str]] = {}
-        for name, sources in by_split.items():
-            present = [s for s in sources if all(text_in(sentences, s, lang) for lang in split_langs[name])]
-            chosen[name] = balanced(present, sentences.labels, train_per_label if name == "train" else None, seed)
+        present = {
+            name: [s for s in sources if all(text_in(sentences, s, lang) for lang in split_langs[name])]
+            for name, sources in by_split.items()
+        }
+        check_label_counts(present, sentences.labels, split_langs, split, train_per_label)
+        chosen = {
+            name: balanced(sources, sentences.labels, train_per_label if name == "train" else None, seed)
+            for name, sources in present.items()
+        }
         records = {name: records_of(sources, split_langs[name], sentences) for name, sources in chosen.items()}
-        empty = [name for name, rows in records.items() if not rows]
-        if empty:
-            raise LoramergeError(
-                f"no {', '.join(empty)} items: some label has no sentence translated into every one of {', '.join(langs)}; "
-                "choose better-covered languages or widen --split"
-            )
         outputs = {f"{name}.jsonl": rows for name, rows in records.items()}
         if align_langs:
             held_out = {

@@ -92,3 +92,37 @@ def test_cli_refuses_bad_roles_and_leaves_nothing(tmp_path: Path) -> None:
     )
     assert zero.exit_code == 2 and "--train-per-label 0" in zero.output
     assert not any((tmp_path / name).exists() for name in "xyz")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--supervised", "xx", "--transfer", "fr"], "error: --supervised 'xx': no catalogs in"),  # was: --langs 'xx'
+        (["--supervised", "en", "--transfer", "fr,yy"], "error: --transfer 'yy': no catalogs in"),
+        (["--supervised", "en", "--transfer", "fr", "--align-pairs", "en"], "error: --align-pairs en: English is the source"),
+        (["--supervised", "en", "--transfer", "fr", "--split", "1:1:1000"], "error: the train split (--split 1:1:1000) has no"),
+        (["--supervised", "en", "--transfer", "fr", "--train-per-label", "100000"], "too few train sentences in en"),
+    ],
+)
+def test_cli_refuses_flags_that_leave_a_label_or_a_language_out(tmp_path: Path, flags: list[str], expected: str) -> None:
+    """Each was exit 0 (an empty align-train.jsonl; a train split without files and security; a train split of
+    unequal labels), or an error naming --langs, a flag this command does not have."""
+    out = tmp_path / "task"
+    result = CliRunner().invoke(app, ["data", "topics", *flags, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_catalogs_without_some_label_are_named(tmp_path: Path) -> None:
+    from tests.data.test_corpora import write_catalog
+
+    sentences = {f"Could not install the package number {n}": f"Paquet numéro {n} non installé" for n in range(40)}
+    write_catalog(tmp_path / "locale", "xx", "apt", sentences)  # packages only
+    out = tmp_path / "task"
+    result = CliRunner().invoke(
+        app, ["data", "topics", "--supervised", "en", "--transfer", "xx", "--root", str(tmp_path / "locale"), "--out", str(out)]
+    )
+    assert result.exit_code == 2 and not out.exists()
+    assert result.stderr.startswith("error: the catalogs of xx hold no sentence of label database, files, security")
