@@ -84,7 +84,10 @@ def run_search(
             if on_candidate is not None:
                 on_candidate(index, candidate)
             folder = Path(work) / f"candidate-{index}"
-            merge_adapters(candidate_recipe_, folder)
+            try:
+                merge_adapters(candidate_recipe_, folder)
+            except LoramergeError as exc:  # e.g. a scale that overflows: say which candidate (its recipe differs)
+                raise LoramergeError(f"--search candidate {candidate.label}: {exc.one_line()}") from None
             digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
             evaluator.add_adapter(f"candidate-{index}", folder)
             scores = evaluator.evaluate(f"candidate-{index}", records)
@@ -136,6 +139,8 @@ def search_and_merge(
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)
         candidates = parse_grid(recipe, list(settings.specs))
+        for candidate in candidates:  # a candidate's recipe refused before the base model loads (run_search redoes it)
+            candidate_recipe(recipe, candidate)
         supervised = parse_supervised(settings.supervised)
         records = read_task_file(settings.dev)
         check_objective_group(settings.objective, supervised, records, settings.dev)

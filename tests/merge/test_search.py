@@ -203,3 +203,24 @@ def test_search_methods_uses_svd_for_the_sum_under_a_rank_limit_and_stands_alone
         parse_grid(recipe, ["methods", "a=0,1"])
     with pytest.raises(LoramergeError, match="at least two adapters"):
         method_candidates(MergeRecipe(sources=[{"path": "a"}]))
+
+
+def test_a_candidate_that_cannot_be_merged_is_named(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """--search methods scales the weights (cat x0.5): the error names the candidate whose recipe overflowed."""
+    out = tmp_path / "m"
+    args = ["merge", str(search_inputs["zero"]), str(search_inputs["large"]), "--weights", "1,1e39", "--search", "methods"]
+    args += ["--dev", str(search_inputs["dev"]), "--model", str(search_inputs["model"]), "--max-new-tokens", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]  # after the base model's loading bar
+    assert line.startswith("error: --search candidate cat x0.5: sources.1.weight") and "= 5e+38" in line, line
+    assert "internal error" not in result.stderr and not out.exists()
+
+
+def test_a_bad_grid_candidate_is_refused_before_the_base_model_loads(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("candidates:\n  - {method: cat}\n  - {method: iso_c, density: 0.5}\n")
+    args = ["merge", str(search_inputs["zero"]), str(search_inputs["large"]), "--search", str(grid)]
+    args += ["--dev", str(search_inputs["dev"]), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "method 'iso_c' does not use 'density'" in result.stderr, result.output
