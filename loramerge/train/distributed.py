@@ -10,6 +10,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 
+from loramerge.errors import LoramergeError
 from loramerge.train.checkpoints import gathered_trainable_tensors
 from loramerge.train.loop import is_sharded
 from loramerge.train.precision import resolved_precision
@@ -22,6 +23,8 @@ def make_accelerator(recipe: TrainRecipe, joint: bool) -> Accelerator:
     # accelerate only recognises torchrun/accelerate-launch CPU workers (gloo) when told it runs on CPU.
     cpu = not torch.cuda.is_available()
     precision = resolved_precision(recipe.precision)
+    if cpu and precision == "fp16":  # was an internal error in the first forward pass (float != c10::Half), exit 1
+        raise LoramergeError("precision fp16 needs a CUDA device and this machine has none; set precision to bf16 or no")
     forget_other_precision(precision)
     accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers, step_scheduler_with_optimizer=False, cpu=cpu)
     if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from loramerge.cli.app import app
@@ -151,6 +152,14 @@ def test_gettext_out_that_is_a_folder(setup):
     folder.mkdir()
     line = refused(["data", "gettext", "--langs", "fr", "--split", "1", "--out", str(folder)])
     assert f"--out {folder}: is a folder; --out names the pairs file" in line and not any(folder.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="float16 training is refused only without a CUDA device")
+def test_float16_training_on_a_cpu_says_so(setup):
+    """Was 'internal error RuntimeError: expected m1 and m2 to have the same dtype, but got: float != c10::Half'."""
+    line = refused(align(setup, str(setup["model"]), "--set", "precision=fp16", "--max-steps", "1"))
+    assert line == "error: precision fp16 needs a CUDA device and this machine has none; set precision to bf16 or no"
+    assert not (setup["root"] / "out").exists()
 
 
 def test_set_with_an_unknown_key_blames_the_flag(setup):
