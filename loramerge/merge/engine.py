@@ -113,13 +113,13 @@ def combine_module(inputs: ModuleInputs, recipe: MergeRecipe, settings: MethodSe
 
 
 def module_norms(inputs: ModuleInputs, merged: Truncation, exact: bool) -> tuple[float, list[float]]:
-    """||output||_F and each present input's ||w_i s_i B_i A_i||_F, from R x R Gram blocks. The output's is the kept
-    singular values' where the method has them (svd, core space, the dense methods), else the weighted sum's for
-    the exact method (cat: one set of blocks gives both, ~3 ms a Llama-3-8B layer for two r=16 inputs, one thread),
-    else its factors' (linear)."""
+    """||output||_F and each present input's own ||s_i B_i A_i||_F (as the adapter applies it alone, weight aside),
+    from R x R Gram blocks. The output's is the kept singular values' where the method has them (svd, core space,
+    the dense methods), else the weighted sum's for the exact method (cat: one set of blocks gives both, ~3 ms a
+    Llama-3-8B layer for two r=16 inputs, one thread), else its factors' (linear)."""
     present = inputs.contributions[: len(inputs.indices)]
-    terms = [(c.b, c.a, c.weight * c.scale) for c in present]
-    whole, input_norms = sum_norms(terms, whole=merged.norm is None and exact)
+    whole, products = sum_norms([(c.b, c.a, c.weight * c.scale) for c in present], whole=merged.norm is None and exact)
+    input_norms = [abs(c.scale) * norm for c, norm in zip(present, products)]
     if merged.norm is not None:
         return merged.norm, input_norms
     return (whole if exact else sum_norms([(merged.b, merged.a, 1.0)])[0]), input_norms

@@ -1,5 +1,5 @@
-"""Merges that cancel (issue 35): merge_report.json gives each module's output norm relative to its largest weighted
-input; a merge (or module) below 1e-3 of it warns on stderr and in the report, naming the modules, an all-zero
+"""Merges that cancel (issue 35): merge_report.json gives each module's output norm relative to its largest input's
+own norm; a merge (or module) below 1e-3 of it warns on stderr and in the report, naming the modules, an all-zero
 one louder; exit 0, unless --strict (exit 2, nothing written)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_a_near_cancellation_names_the_modules(task_adapter: Path, tmp_path: Pat
     result = merge(str(task_adapter), str(task_adapter), "--weights", "1,-0.9999", "--out", str(out))
     assert result.exit_code == 0, result.output
     stderr = flat(result.stderr)
-    assert "keep less than 0.001 of their largest weighted input's norm (model.layers.0." in stderr
+    assert "keep less than 0.001 of their largest input's norm (model.layers.0." in stderr
     assert "the whole merge keeps 1.0e-04" in stderr and "ZERO" not in stderr
     report = report_of(out)
     assert not report["cancellation"]["zero"] and report["cancellation"]["relative_norm"] == pytest.approx(1e-4, rel=1e-3)
@@ -83,11 +83,12 @@ def test_every_module_reports_its_norm_against_its_largest_input(task_adapter: P
     task, align = adapter_tensors(task_adapter), adapter_tensors(align_adapter)
     name = "model.layers.1.mlp.down_proj"  # in both; the align adapter's rank 2 there (rank_pattern), rsLoRA
     entry, key = report["modules"][name], f"base_model.model.{name}"
-    inputs = [
+    inputs = [  # each input's own update, its weight aside
         (t[f"{key}.lora_B.weight"].double() @ t[f"{key}.lora_A.weight"].double()) * scale
-        for t, scale in ((task, 1 * 16 / 8), (align, -0.5 * 8 / 2**0.5))
+        for t, scale in ((task, 16 / 8), (align, 8 / 2**0.5))
     ]
     output = merged[f"{key}.lora_B.weight"].double() @ merged[f"{key}.lora_A.weight"].double()
+    assert float((output - inputs[0] + 0.5 * inputs[1]).norm()) < 1e-5 * float(output.norm())  # cat: the weighted sum
     assert entry["norm"] == pytest.approx(float(output.norm()), rel=1e-5)
     assert entry["input_norms"] == [pytest.approx(float(update.norm()), rel=1e-5) for update in inputs]
     assert entry["relative_norm"] == pytest.approx(float(output.norm() / max(u.norm() for u in inputs)), rel=1e-5)
@@ -112,3 +113,37 @@ def test_strict_in_python_keeps_an_existing_output(task_adapter: Path, tmp_path:
     with pytest.raises(LoramergeError, match="keep less than 0.001"):
         merge_adapters(recipe, out, overwrite=True, strict=True)
     assert (out / "adapter_model.safetensors").read_bytes() == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "flags, warned",
+    [
+        (["--weights", "1e-30,1e-30"], "the merged adapter is ZERO"),  # measured against the weighted inputs: 1.0
+        (["--weights", "1e-4,1e-4"], "keep less than 0.001"),
+        (["--weights", "1e30,1e30", "--method", "ties"], None),  # TIES divides by the weights: was called ZERO
+        (["--weights", "0.01,0.01"], None),
+    ],
+)
+def test_the_inputs_own_norms_are_the_measure(task_adapter: Path, align_adapter: Path, tmp_path: Path, flags, warned) -> None:
+    out = tmp_path / "m"
+    result = merge(str(task_adapter), str(align_adapter), *flags, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    stderr = flat(result.stderr)
+    if warned is None:
+        assert "ZERO" not in stderr and "keep less" not in stderr and not report_of(out)["cancellation"]["modules"]
+    else:
+        assert warned in stderr
+
+
+def test_modules_weighted_zero_everywhere_are_asked_for_not_cancelled(
+    task_adapter: Path, align_adapter: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    zero_mlp = "    rules:\n      - modules: 'mlp\\.'\n        weight: 0.0\n"
+    recipe.write_text(f"sources:\n  - path: {task_adapter}\n{zero_mlp}  - path: {align_adapter}\n{zero_mlp}")
+    out = tmp_path / "m"
+    result = merge("--recipe", str(recipe), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_of(out)
+    assert all(entry["norm"] == 0 for name, entry in report["modules"].items() if ".mlp." in name)
+    assert report["cancellation"]["modules"] == [] and "keep less" not in flat(result.stderr)
