@@ -198,7 +198,7 @@ def merge_adapters(
             report = write_folder_files(staging, recipe, adapters, modules, plan, layout, carried, card_section, extra_files)
             if strict:  # before the output is published: nothing is written
                 refuse_cancelled(report)
-        return MergeResult(out=out, report=report, warnings=report["warnings"])
+        return MergeResult(out=out, report=report, warnings=list(report["warnings"]))  # a copy: a search prepends its own
 
 
 def refuse_cancelled(report: dict[str, Any]) -> None:
