@@ -11,9 +11,9 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 
 from loramerge.errors import LoramergeError
+from loramerge.models.precision import resolved_precision
 from loramerge.train.checkpoints import gathered_trainable_tensors
 from loramerge.train.loop import is_sharded
-from loramerge.train.precision import resolved_precision
 from loramerge.train.recipe import TrainRecipe
 
 

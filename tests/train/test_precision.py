@@ -7,22 +7,31 @@ from pathlib import Path
 
 import pytest
 
+from loramerge.models.precision import BF16_MIN_SPEEDUP, choose_precision, cpu_flags, measured_bf16_speedup
 from loramerge.recipes import load_recipe
-from loramerge.train.precision import choose_precision, cpu_flags
 from loramerge.train.recipe import TrainRecipe
 from loramerge.train.run import train_adapter
 
-AVX512_ONLY = frozenset({"avx2", "avx512f", "avx512_bf16"})  # this project's Xeon: bf16 instructions, no tiles
-AMX = AVX512_ONLY | {"amx_tile", "amx_bf16", "amx_int8"}
+
+def test_auto_picks_bf16_where_it_was_measured_faster_enough():
+    assert choose_precision("auto", cuda_bf16=False, bf16_speedup=0.56) == "no"  # the project's Xeon, no AMX
+    assert choose_precision("auto", cuda_bf16=False, bf16_speedup=2.3) == "bf16"  # an AMD EPYC with avx512_bf16
+    assert choose_precision("auto", cuda_bf16=False, bf16_speedup=BF16_MIN_SPEEDUP) == "bf16"
+    assert choose_precision("auto", cuda_bf16=False, bf16_speedup=BF16_MIN_SPEEDUP - 0.01) == "no"
+    assert choose_precision("auto", cuda_bf16=True, bf16_speedup=None) == "bf16"
+    assert choose_precision("auto", cuda_bf16=False, bf16_speedup=None) == "no"
+    assert choose_precision("no", cuda_bf16=True, bf16_speedup=4.7) == "no"  # an explicit choice is kept
+    assert choose_precision("fp16", cuda_bf16=False, bf16_speedup=0.5) == "fp16"
 
 
-def test_auto_picks_bf16_only_where_bf16_matrix_units_exist():
-    assert choose_precision("auto", cuda_bf16=False, flags=AVX512_ONLY) == "no"  # bf16 matmul 0.55x fp32 there
-    assert choose_precision("auto", cuda_bf16=False, flags=AMX) == "bf16"
-    assert choose_precision("auto", cuda_bf16=True, flags=frozenset()) == "bf16"
-    assert choose_precision("auto", cuda_bf16=False, flags=frozenset()) == "no"
-    assert choose_precision("no", cuda_bf16=True, flags=AMX) == "no"  # an explicit choice is kept
-    assert choose_precision("fp16", cuda_bf16=False, flags=AVX512_ONLY) == "fp16"
+def test_the_probe_runs_once_per_machine_and_is_read_back(tmp_path):
+    first = measured_bf16_speedup(tmp_path)
+    (written,) = (tmp_path / "machine").glob("bf16-*.json")
+    assert first > 0 and json.loads(written.read_text())["speedup"] == round(first, 3)
+    written.write_text(json.dumps({"speedup": 9.5}))  # a cached answer is used as it is, not measured again
+    assert measured_bf16_speedup(tmp_path) == 9.5
+    written.write_text("not json")  # a damaged cache is measured again and rewritten
+    assert measured_bf16_speedup(tmp_path) != 9.5 and json.loads(written.read_text())["speedup"] > 0
 
 
 def test_cpu_flags_are_read_from_this_machine():
