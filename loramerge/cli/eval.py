@@ -26,6 +26,9 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer, in tokens.")] = 32,
     dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Autocast of matrix products: no, bf16, or auto (bf16 where measured faster).")
+    ] = "no",
     overwrite: OverwriteOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -43,6 +46,7 @@ def eval_command(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         dtype=dtype,
+        precision=precision,
         overwrite=overwrite,
     )
     run_safely(debug, lambda: run_eval(settings, console))

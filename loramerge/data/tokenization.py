@@ -193,6 +193,12 @@ def prompt_ids(records: list[TaskRecord], tokenizer: PreTrainedTokenizerBase) ->
     return [example.ids[: example.prompt_length] for example in _examples(records, tokenizer)]
 
 
+def prompt_and_answer_ids(records: list[TaskRecord], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
+    """For each record, prompt_ids' prompt and the training example's tokens after it: the completion as the
+    model was taught to write it, with its end-of-turn or EOS token and any formatting after that."""
+    return [(example.ids[: example.prompt_length], example.ids[example.prompt_length :]) for example in _examples(records, tokenizer)]
+
+
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special tokens that close an assistant turn of the chat template (ChatML's <|im_end|>, Gemma's
     <end_of_turn>): training labels them, so a tuned model emits them to stop. Empty without a template, or

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+import torch
+
 from loramerge.data.records import TaskRecord
-from loramerge.data.tokenization import prompt_ids
+from loramerge.data.tokenization import prompt_and_answer_ids, prompt_ids
 from loramerge.dtypes import DTYPES
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.adapter_check import check_adapter_fits, check_adapter_folder
+from loramerge.evaluate.forced import forced_answers
 from loramerge.evaluate.generation import check_settings, generate_greedy, stop_ids
 from loramerge.evaluate.metrics import UNDETERMINED, LanguageScore, Metric, get_metric, group_means, language_scores
 from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
+from loramerge.models.precision import AUTOCAST_DTYPES, resolved_precision
 
 
 @dataclass(frozen=True)
@@ -82,14 +86,24 @@ class Evaluator:
     """The base model and its tokenizer, loaded once; adapters are added, removed and switched by name."""
 
     def __init__(
-        self, model_spec: str, metric: str, batch_size: int = 16, max_new_tokens: int = 32, dtype: str = "float32"
+        self,
+        model_spec: str,
+        metric: str,
+        batch_size: int = 16,
+        max_new_tokens: int = 32,
+        dtype: str = "float32",
+        precision: str = "no",
     ) -> None:
         # Every setting is checked before the model loads (seconds to minutes), so a typo fails at once.
         self.metric = get_metric(metric)
         if dtype not in DTYPES:
             raise LoramergeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if precision not in ("auto", "no", *AUTOCAST_DTYPES):
+            raise LoramergeError(f"--precision {precision!r}: use auto, no or {' or '.join(AUTOCAST_DTYPES)}")
         check_settings(max_new_tokens, batch_size)
         self.batch_size, self.max_new_tokens, self.dtype = batch_size, max_new_tokens, dtype
+        # autocast of the matrix products, as training's `precision` (auto resolved on this machine)
+        self.precision = resolved_precision(precision)
         self.model_spec = model_spec
         source = parse_model_spec(model_spec)
         self.tokenizer = load_tokenizer(source)
@@ -99,6 +113,8 @@ class Evaluator:
         # PEFT names modules after adapters and forbids "." in them; internal names leave user names free.
         self._peft_names: dict[str, str] = {}
         self._added = 0
+        self.last_generated = 0  # items of the last evaluate() that needed generation (exact match: the undecided)
+        self.generated_items = 0  # the same, summed over every evaluate()
 
     @property
     def adapters(self) -> list[str]:
@@ -137,15 +153,59 @@ class Evaluator:
             self.model = self.model.unload()
 
     def evaluate(
-        self, variant: str | None, records: list[TaskRecord], on_batch: Callable[[int], None] | None = None
+        self,
+        variant: str | None,
+        records: list[TaskRecord],
+        on_batch: Callable[[int], None] | None = None,
+        forced: bool = True,
     ) -> VariantScores:
-        """Generate for every record with the adapter `variant` (None: the base model alone) and score it."""
-        prompts = prompt_ids(records, self.tokenizer)
-        with self._variant(variant):
+        """Greedy answers for every record with the adapter `variant` (None: the base model alone), scored.
+        forced=False generates every item, also under exact match (bench/eval_speed.py compares the two)."""
+        with self._variant(variant), self._autocast():
             start = time.perf_counter()
-            texts = generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, on_batch)
+            texts = self._answers(records, on_batch, forced)
             seconds = time.perf_counter() - start
         return score_predictions(self.metric, records, texts, seconds)
+
+    def _answers(self, records: list[TaskRecord], on_batch: Callable[[int], None] | None, forced: bool) -> list[str]:
+        """Exact match: one teacher-forced pass decides most items (evaluate/forced.py), the rest are generated;
+        other metrics score the whole generated text."""
+        if self.metric.name != "exact" or not forced:
+            self._count_generated(len(records))
+            prompts = prompt_ids(records, self.tokenizer)
+            return generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, on_batch)
+        prompts, answers = zip(*prompt_and_answer_ids(records, self.tokenizer), strict=True) if records else ((), ())
+        found = forced_answers(
+            self.model,
+            self.tokenizer,
+            list(prompts),
+            list(answers),
+            [record.completion for record in records],
+            set(stop_ids(self.tokenizer)),
+            self.batch_size,
+            self.max_new_tokens,
+            on_batch,
+        )
+        texts = [answer.text for answer in found]
+        undecided = [index for index, answer in enumerate(found) if not answer.decided]
+        self._count_generated(len(undecided))
+        if undecided:
+            generated = generate_greedy(
+                self.model, self.tokenizer, [prompts[i] for i in undecided], self.max_new_tokens, self.batch_size
+            )
+            for index, text in zip(undecided, generated, strict=True):
+                texts[index] = text
+        return texts
+
+    def _count_generated(self, items: int) -> None:
+        self.last_generated = items
+        self.generated_items += items
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.precision not in AUTOCAST_DTYPES:
+            return nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[self.precision])
 
     def _peft(self, name: str) -> str:
         if name not in self._peft_names:

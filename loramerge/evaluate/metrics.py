@@ -33,6 +33,11 @@ def _canonical_json(text: str) -> str | None:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def is_json(text: str) -> bool:
+    """Whether exact_match compares text as JSON (so another spelling of it also matches)."""
+    return _canonical_json(text.strip()) is not None
+
+
 def exact_match(prediction: str, reference: str) -> float:
     """100 when equal after stripping; a JSON reference is compared as JSON, so key order and spacing do not count."""
     prediction, reference = prediction.strip(), reference.strip()
