@@ -6,7 +6,7 @@
 Trains an alignment adapter once per setting below, each a list of `--set` overrides, and logs margin retrieval
 at the aligned layer every --eval-every steps on DEV-split multiway sentences of the aligned languages and of
 languages with no alignment data. Two bases (`--defaults`):
-- `demo` (default): recipes/demo/align.yaml, Gemma-3-270M, en <-> ru, zh_CN, ja UI sentences (iso_* catalogs
+- `demo` (default): recipes/isocodes/align.yaml, Gemma-3-270M, en <-> ru, zh_CN, ja UI sentences (iso_* catalogs
   left out); Korean unaligned. `--steps` caps every run.
 - `smollm2` / `gemma`: `train-align` with NO recipe (the CLI's defaults: 1 epoch) on that bundled model, en <->
   fr, de, es UI pairs (700 a language, 2,100 in all: issue 21's setting); ru, ja unaligned.
@@ -39,14 +39,14 @@ class Base:
 
 
 BASES = {
-    "demo": Base(Path("bench/out/align-study"), "recipes/demo/align.yaml", None, ("ru", "zh_CN", "ja"), ("ko",), None),
+    "demo": Base(Path("bench/out/align-study"), "recipes/isocodes/align.yaml", None, ("ru", "zh_CN", "ja"), ("ko",), None),
     "smollm2": Base(
         Path("bench/out/align-defaults/smollm2"), None, "bundled:smollm2-135m", ("fr", "de", "es"), ("ru", "ja"), 700
     ),
     "gemma": Base(Path("bench/out/align-defaults/gemma"), None, "bundled:gemma-3-270m", ("fr", "de", "es"), ("ru", "ja"), 700),
 }
 
-# name -> overrides of recipes/demo/align.yaml; each tests one hypothesis of issue 14 (BENCHMARKS.md, "Alignment study")
+# name -> overrides of recipes/isocodes/align.yaml; each tests one hypothesis of issue 14 (BENCHMARKS.md, "Alignment study")
 SETTINGS: dict[str, list[str]] = {
     "defaults": [],
     "demo": [],

@@ -43,7 +43,7 @@ def first_groups(multiway: Path, groups: int, out: Path) -> Path:
 def train_demo_variant(
     out: Path, recipe_name: str, mode: Mode, plan: DemoPlan, paths: dict[str, str], overrides: list[str]
 ) -> Path:
-    """recipes/demo/RECIPE_NAME.yaml with the data paths and --set style overrides, trained into `out` once
+    """recipes/GROUP/RECIPE_NAME.yaml (GROUP: the plan's recipes) with the data paths and --set style overrides, trained into `out` once
     (an adapter already there is reused: the bench scripts resume)."""
     if not (out / "adapter_model.safetensors").is_file():
         data = demo_recipe(recipe_name, plan, paths)
@@ -54,7 +54,7 @@ def train_demo_variant(
 
 
 def prediction_rows(
-    plan: DemoPlan, data: Path, out: Path, adapters: dict[str, str], console: Console
+    plan: DemoPlan, data: Path, out: Path, adapters: dict[str, str], console: Console, precision: str = "no"
 ) -> dict[str, list[dict[str, Any]]]:
     """`loramerge eval` of the adapters (name -> folder) on data, once (reused when out has results): the rows of
     each adapter's predictions file."""
@@ -68,6 +68,7 @@ def prediction_rows(
             supervised=",".join(plan.supervised),
             max_new_tokens=plan.max_new_tokens,
             batch_size=32,
+            precision=precision,
             overwrite=True,
         )
         run_eval(settings, console)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/iso_diagnosis.py [--seed 0] [--out bench/out/iso-diagnosis]
 
-On the DEV split (57 entities x 6 languages), the demo's task adapter (recipes/demo/task.yaml) answers each
+On the DEV split (57 entities x 6 languages), the demo's task adapter (recipes/isocodes/task.yaml) answers each
 entity in every language. A transfer failure is an entity the adapter answers right in English and wrong in a
 transfer language X. It is a knowledge failure when the BASE model cannot tie the name in X to the entity's
 English name: margin retrieval of X's name among the English names of all dev entities misses it at every
@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from common import prediction_rows, train_demo_variant
+from iso_demo import FULL, build_data
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.run import FULL, build_data, working_directory
+from loramerge.demo.run import working_directory
 from loramerge.evaluate.probe import layer_vectors
 from loramerge.evaluate.retrieval import cosine_matrix, ratio_margin_matrix
 

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from common import interval_cell, paired_intervals, prediction_rows, train_demo_variant
+from iso_demo import FULL, QUICK, build_data
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, working_directory
+from loramerge.demo.plan import DemoPlan
+from loramerge.demo.run import working_directory
 from loramerge.evaluate.confidence import bootstrap_interval, paired_scores
 from loramerge.merge.method_grid import method_candidates
 from loramerge.merge.recipe import MergeRecipe
@@ -325,7 +327,7 @@ def chosen_tables(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> st
 
 
 def align_adapter(plan: DemoPlan, seed: int) -> Path:
-    """The demo's alignment adapter for this seed (recipes/demo/align.yaml on the gettext UI pairs)."""
+    """The demo's alignment adapter for this seed (recipes/isocodes/align.yaml on the gettext UI pairs)."""
     return train_demo_variant(
         Path(f"seed{seed}/align"), "align", "align", plan, {"pairs": "data/pairs-train.jsonl"}, [f"seed={seed}"]
     )

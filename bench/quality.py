@@ -1,13 +1,13 @@
 """Quality benchmark: task-only vs joint (train-task --pairs) vs merged (task + separately trained alignment),
-per language group, over several seeds, with paired bootstrap 95 % intervals. The demo's data and recipes
-(recipes/demo/), so the numbers are what `loramerge demo` would show, with the spread one demo run cannot.
+per language group, over several seeds, with paired bootstrap 95 % intervals, on the iso-codes task: the data
+and recipes (recipes/isocodes/) the demo ran before issue 33, with the spread one demo run cannot show.
 
     .venv/bin/python bench/quality.py [--seeds 0,1,2] [--test-entities 187] [--out bench/out/quality] [--quick]
 
 Protocol (issue 14):
 - splits fixed by the iso-codes builder: train (en, fr only), dev (57 entities x 6 languages), test (187 x 6);
 - the one choice made here, the alignment adapter's merge weight, is made on DEV with seed 0's adapters
-  (`merge --search`, objective: transfer mean); every other setting is fixed in recipes/demo/; TEST is read
+  (`merge --search`, objective: transfer mean); every other setting is fixed in recipes/isocodes/; TEST is read
   only by the final evaluation, after the choice;
 - each seed trains all three adapters; the variants are compared item by item on the same test records;
 - intervals: two-level (seed x item) percentile bootstrap of the mean per-item difference
@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 from common import first_groups, prediction_rows, train_demo_variant, variant_comparison, variant_table
+from iso_demo import FULL, QUICK, build_data, test_subset
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
-from loramerge.demo.run import FULL, QUICK, DemoPlan, build_data, demo_recipe, test_subset, working_directory
+from loramerge.demo.plan import DemoPlan
+from loramerge.demo.run import demo_recipe, working_directory
 
 VARIANTS = ("task", "joint", "merged")
 

@@ -41,6 +41,7 @@ import transformers
 
 from loramerge.data.corpora import FilterSettings, extract_gettext
 from loramerge.data.isocodes import build_iso_task
+from loramerge.data.topics import ALIGN_FILE, build_topic_task
 from loramerge.recipes import apply_override, read_recipe_file, shipped_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ class Case:
     mode: str  # task | align | joint
     data: str  # demo | prompt-heavy (task data); pairs always the demo's
     # "loramerge", "trainer", "before" (loramerge at --before), "loramerge-task", "loramerge-checkpointing",
-    # "loramerge-nosplit" (split_by_length off: what the length split buys or costs)
+    # "loramerge-nosplit" (split_by_length off: what the length split buys or costs), "loramerge-bf16" (bf16 autocast)
     sides: tuple[str, ...]
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
@@ -75,6 +76,11 @@ CASES = [
     Case("smollm2-align", SMOLLM2, "align", "demo", ("loramerge", "trainer")),
     Case("gemma-split", GEMMA, "task", "demo", ("loramerge", "loramerge-nosplit")),
     Case("smollm2-split", SMOLLM2, "task", "demo", ("loramerge", "loramerge-nosplit")),
+    # issue 33: the demo's topic task in float32 and in bf16 autocast; the joint step (task : alignment 2 : 1) likewise
+    Case("gemma-topic", GEMMA, "task", "topics", ("loramerge", "loramerge-bf16"), ("max_length=96",)),
+    Case(
+        "gemma-topic-joint", GEMMA, "joint", "topics", ("loramerge", "loramerge-bf16"), ("max_length=96", "task_per_align=[2,1]")
+    ),
 ]
 
 
@@ -113,19 +119,28 @@ def build_data(folder: Path) -> dict[str, Path]:
     heavy = folder / "prompt-heavy.jsonl"
     if not heavy.exists():
         prompt_heavy_records(pairs, heavy, 512, seed=0)
-    return {"demo": task, "prompt-heavy": heavy, "pairs": pairs}
+    topics = folder / "topics"
+    if not (topics / "train.jsonl").exists():  # the demo's topic task (loramerge/demo/run.py)
+        build_topic_task(["en"], ["fr", "de", "ja", "ru", "zh_CN"], topics, align_langs=ALIGNED)
+    return {
+        "demo": task,
+        "prompt-heavy": heavy,
+        "pairs": pairs,
+        "topics": topics / "train.jsonl",
+        "topics-pairs": topics / ALIGN_FILE,
+    }
 
 
 def case_recipe(case: Case, data: dict[str, Path], steps: int, precision: str) -> dict[str, Any]:
-    """recipes/demo/{task,align}.yaml (the demo's batch, lengths and LoRA) with the case's data and model."""
+    """recipes/isocodes/{task,align}.yaml (the iso-codes demo's batch, lengths and LoRA) with the case's data and model."""
     name = "align" if case.mode == "align" else "task"
-    recipe = read_recipe_file(shipped_recipe("demo", name))
+    recipe = read_recipe_file(shipped_recipe("isocodes", name))
     recipe.pop("extends", None)
     recipe.update({"model": case.model, "max_steps": steps, "log_every": 1, "precision": precision})
     if case.mode != "align":
         recipe["data"] = str(data[case.data])
     if case.mode != "task":
-        recipe["pairs"] = str(data["pairs"])
+        recipe["pairs"] = str(data.get(f"{case.data}-pairs", data["pairs"]))  # a task's own pairs where it has them
         # the demo's layer 9 of Gemma's 18 blocks; other models: the default round(L/2)
         recipe["align"] = {**recipe.get("align", {}), "layer": 9 if case.model == GEMMA else None}
     if case.mode == "joint":
@@ -252,6 +267,8 @@ def side_spec(label: str, case: Case, recipe: dict[str, Any], work: Path, device
         recipe = {**recipe, "gradient_checkpointing": True}
     if label == "loramerge-nosplit":
         recipe = {**recipe, "split_by_length": False}
+    if label == "loramerge-bf16":
+        recipe = {**recipe, "precision": "bf16"}
     return {"side": side, "mode": mode, "recipe": recipe, "out": str(work / f"{case.name}-{label}"), "device": device}
 
 
@@ -287,6 +304,8 @@ def run_case(case: Case, data: dict[str, Path], args: argparse.Namespace, work: 
         result["checkpointing_vs_trainer"] = paired(named["loramerge-checkpointing"], named["trainer"], args.warmup)
     if "loramerge-nosplit" in named:
         result["split_vs_nosplit"] = paired(named["loramerge"], named["loramerge-nosplit"], args.warmup)
+    if "loramerge-bf16" in named:
+        result["bf16_vs_float32"] = paired(named["loramerge-bf16"], named["loramerge"], args.warmup)
     if "loramerge-task" in named:
         result["joint_over_task"] = joint_cost(named["loramerge"], named["loramerge-task"], args.warmup)
     return result
@@ -334,6 +353,7 @@ def markdown(results: dict[str, Any]) -> str:
         comparisons += [
             ("checkpointing_vs_trainer", "loramerge-checkpointing", "trainer", "loramerge with gradient checkpointing / trainer"),
             ("split_vs_nosplit", "loramerge", "loramerge-nosplit", "length split / no split"),
+            ("bf16_vs_float32", "loramerge-bf16", "loramerge", "bf16 / float32"),
         ]
         for key, first, second, label in comparisons:
             if key in case:

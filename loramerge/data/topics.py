@@ -67,8 +67,16 @@ DEFAULT_TRAIN_PER_LABEL = 160  # 960 English records: 300 steps of 16 are ~5 epo
 ALIGN_FILE = "align-train.jsonl"
 
 
+PROMPT_PREFIX = "Text: "
+
+
 def prompt_text(sentence: str) -> str:
-    return f"Text: {sentence}\n"
+    return f"{PROMPT_PREFIX}{sentence}\n"
+
+
+def sentence_of(prompt: str) -> str:
+    """The sentence a prompt_text prompt was made from."""
+    return prompt.removeprefix(PROMPT_PREFIX).removesuffix("\n")
 
 
 def topic_of(catalog: str) -> str | None:

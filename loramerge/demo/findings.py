@@ -33,8 +33,8 @@ def language_groups(plan: Plan) -> dict[str, tuple[str, ...]]:
 
 
 def task_intervals(predictions_folder: Path, variants: list[str], plan: Plan) -> dict[str, Any]:
-    """Per language and variant: the mean with its 95 % interval (items resampled); per language group and
-    tuned variant: the paired difference to task-only with its interval and a verdict."""
+    """Per language and variant: the mean with its 95 % interval (items resampled); per language group, and per
+    language, and tuned variant: the paired difference to task-only with its interval and a verdict."""
     scores = {variant: item_scores(predictions_folder / f"{variant}.jsonl") for variant in variants}
     lines = sorted(scores[variants[0]])
     by_language: dict[str, dict[str, Any]] = {}
@@ -45,19 +45,27 @@ def task_intervals(predictions_folder: Path, variants: list[str], plan: Plan) ->
             for variant in variants
         }
     gains: dict[str, dict[str, Any]] = {}
+    by_language_gains: dict[str, dict[str, Any]] = {}
     if REFERENCE in scores:
-        for group, languages in language_groups(plan).items():
-            items = [line for line in lines if scores[REFERENCE][line][0] in languages]
-            if not items:
-                continue
-            gains[group] = {"items": len(items)}
-            for variant in variants:
-                if variant in (REFERENCE, "base"):
-                    continue
-                difference = paired_scores([_values(scores[variant], items)], [_values(scores[REFERENCE], items)], items)
-                interval = bootstrap_interval(difference)
-                gains[group][variant] = {**interval.to_json(), "verdict": verdict(interval.low, interval.high)}
-    return {"languages": by_language, f"gain over {REFERENCE}": gains}
+        each_language = {lang: (lang,) for lang in by_language}
+        for target, named in ((gains, language_groups(plan)), (by_language_gains, each_language)):
+            for name, languages in named.items():
+                items = [line for line in lines if scores[REFERENCE][line][0] in languages]
+                if items:
+                    target[name] = paired_gains(scores, variants, items)
+    return {"languages": by_language, f"gain over {REFERENCE}": gains, f"gain over {REFERENCE} by language": by_language_gains}
+
+
+def paired_gains(scores: dict[str, dict[int, tuple[str, float]]], variants: list[str], items: list[int]) -> dict[str, Any]:
+    """Each tuned variant minus task-only on the same items: mean, 95 % interval, detectable effect, verdict."""
+    entry: dict[str, Any] = {"items": len(items)}
+    for variant in variants:
+        if variant in (REFERENCE, "base"):
+            continue
+        difference = paired_scores([_values(scores[variant], items)], [_values(scores[REFERENCE], items)], items)
+        interval = bootstrap_interval(difference)
+        entry[variant] = {**interval.to_json(), "verdict": verdict(interval.low, interval.high)}
+    return entry
 
 
 def _values(scores: dict[int, tuple[str, float]], items: list[int]) -> dict[int, float]:

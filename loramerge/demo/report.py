@@ -1,5 +1,6 @@
-"""The demo's results.json and report.md: task scores per language group with intervals, whether transfer
-improved, retrieval at the aligned layer, costs."""
+"""The demo's results.json and report.md: whether transfer improved (joint training first, then the merge), each
+with its paired interval and the smallest gain the run could detect, task scores per language with intervals,
+retrieval at the aligned layer, what ran and how long it took."""
 
 from __future__ import annotations
 
@@ -48,32 +49,46 @@ def retrieval_summary(retrieval: dict[str, Any], layer: int | None) -> dict[str,
     return summary
 
 
+PRECISION_WORDS = {
+    "bf16": "bf16 autocast (this machine's bf16 matrix products were measured faster than float32)",
+    "no": "float32 (this machine's bf16 matrix products were not measured fast enough to pay)",
+    "fp16": "fp16 autocast",
+}
+# The 3-seed transfer study on this task (BENCHMARKS.md, "Transfer study"): what one run is set beside.
+STUDY = {
+    "joint": "+3.0 [+1.4, +4.6] over 3 seeds (300 task steps, float32)",
+    "merged": "-2.1 [-5.1, +0.7] over 3 seeds (300 task steps, float32)",
+}
+
+
 def demo_results(
     plan: Plan,
     data: dict[str, Any],
-    align: dict[str, Any],
-    task: dict[str, Any],
+    training: dict[str, dict[str, Any]],
     merged: dict[str, Any],
     evaluation: dict[str, Any],
     retrieval: dict[str, Any],
-    layer: int | None,
+    precision: str,
     seconds: dict[str, float],
     total_seconds: float,
     folder: Path = Path("."),
 ) -> dict[str, Any]:
+    layer = training["align"]["align_layer"]
     intervals = task_intervals(folder / "eval" / "predictions", list(evaluation["variants"]), plan)
     by_group = retrieval_by_group(retrieval, layer, plan) if layer is not None else {}
     return {
         "model": plan.model,
         "plan": {key: value for key, value in asdict(plan).items() if key != "recipe_overrides"},
+        "precision": precision,
         "data": data,
-        "training": {"align": align, "task": task},
+        "training": training,
         "merge": merged,
         "task": {
             "metric": evaluation["metric"],
             "groups": task_summary(evaluation, plan),
             "intervals": intervals,
             "evaluation": "eval/results.json",
+            "generated_items": evaluation["settings"].get("generated_items"),
         },
         "retrieval": {
             "layer": layer,
@@ -129,28 +144,37 @@ def language_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def gain_rows(gains: dict[str, dict[str, Any]]) -> list[list[str]]:
     return [
-        [group, variant, str(entry["items"]), interval_text(gain, signed=True), gain["verdict"]]
+        [group, variant, str(entry["items"]), interval_text(gain, signed=True), f"{gain['detectable']:.1f}", gain["verdict"]]
+        for variant in VARIANT_WORDS
         for group, entry in gains.items()
-        for variant, gain in entry.items()
-        if variant != "items"
+        for name, gain in entry.items()
+        if name == variant
     ]
 
 
-def transfer_reading(gains: dict[str, dict[str, Any]]) -> str:
-    """One sentence per tuned variant on the transfer languages, from the paired interval."""
+VARIANT_WORDS = {"joint": "joint training (task + alignment in one run)", "merged": "the merged adapter (task + alignment)"}
+
+
+def transfer_reading(gains: dict[str, dict[str, Any]]) -> list[str]:
+    """One paragraph per tuned variant on the transfer languages, from the paired interval: the verdict, the
+    interval, the smallest gain this run detects with 80 % power, and the 3-seed study beside it."""
     transfer = gains.get("transfer", {})
-    sentences = []
+    paragraphs = []
     for variant, gain in transfer.items():
         if variant == "items":
             continue
-        what = {"improved": "Transfer improved", "worse": "Transfer got worse"}.get(
-            gain["verdict"], "No detectable change in transfer"
+        what = {"improved": "**Transfer improved**", "worse": "**Transfer got worse**"}.get(
+            gain["verdict"], "**No detectable change in transfer**"
         )
-        sentences.append(
-            f"{what} with the {variant} adapter: {gain['mean']:+.1f} points over task-only on the transfer languages, "
-            f"95 % interval [{gain['low']:+.1f}, {gain['high']:+.1f}] over {transfer['items']} paired test items."
+        seen = "above" if abs(gain["mean"]) > gain["detectable"] else "below"
+        study = f" The 3-seed study on this task measured {STUDY[variant]}." if variant in STUDY else ""
+        paragraphs.append(
+            f"{what} with {VARIANT_WORDS.get(variant, variant)}: {gain['mean']:+.1f} points over task-only on the "
+            f"transfer languages, 95 % interval [{gain['low']:+.1f}, {gain['high']:+.1f}] over {transfer['items']} paired "
+            f"test items. This run detects a true change of {gain['detectable']:.1f} points with 80 % power; the measured "
+            f"change is {seen} that.{study}"
         )
-    return " ".join(sentences)
+    return paragraphs
 
 
 def retrieval_group_rows(retrieval: dict[str, Any]) -> list[list[str]]:
@@ -180,36 +204,40 @@ def report_markdown(results: dict[str, Any]) -> str:
         for name, r in retrieval["variants"].items()
     ]
     seconds = results["seconds"]
+    steps = {name: entry.get("steps") for name, entry in results["training"].items()}
     lines = [
         f"# loramerge demo: {results['model']}",
         "",
-        'Task: the name of a country, language or currency in language X -> `{"kind": "ISO code"}`, exact match '
-        f"(percent). Task training data: {', '.join(plan['supervised'])} only. Alignment pairs (gettext UI sentences, "
-        f"a different domain): en <-> {', '.join(plan['aligned'])}. No alignment data: {', '.join(plan['unaligned'])}.",
+        "Task: which kind of program a user-interface sentence comes from (packages, database, files, security, "
+        "desktop, system), exact match (percent; chance 16.7). Task training data: "
+        f"{', '.join(plan['supervised'])} only. Alignment pairs (the training sentences' translations, no labels): "
+        f"en <-> {', '.join(plan['aligned'])}. No alignment data: {', '.join(plan['unaligned'])}. Test: the same "
+        f"{plan['test_per_label'] * 6} sentences in every language.",
         "",
         "## Did transfer improve?",
         "",
-        transfer_reading(gains),
-        "",
+        *(line for paragraph in transfer_reading(gains) for line in (paragraph, "")),
         *markdown_table(
-            ["language group", "adapter", "paired test items", "gain over task-only [95 % interval]", "verdict"], gain_rows(gains)
+            ["language group", "adapter", "paired test items", "gain over task-only [95 % interval]", "detectable", "verdict"],
+            gain_rows(gains),
         ),
         "",
-        "Intervals: percentile bootstrap over the test items, each item paired with itself under task-only. They cover "
-        "the choice of test items, not the training seed: `bench/quality.py` repeats everything over 3 seeds "
-        "(BENCHMARKS.md, Transfer over 3 seeds with intervals).",
+        "Intervals: percentile bootstrap over the test items, each item paired with itself under task-only. "
+        "\"detectable\": the smallest true gain this run finds with 80 % power. The intervals cover the choice of test "
+        "items, not the training seed: `bench/transfer_study.py` repeats the comparison over 3 seeds (BENCHMARKS.md, "
+        "Transfer study).",
+        "",
+        "![task scores and gains](scores.png)",
         "",
         "## Task scores by language group (macro means)",
         "",
         *markdown_table(["group", *variants], task_rows),
         "",
-        "![task scores](scores.png)",
-        "",
         "## Per language, with 95 % intervals over the test items",
         "",
         *markdown_table(["language", "role", *variants], language_rows(results)),
         "",
-        f"## Cross-lingual retrieval at the aligned layer {retrieval['layer']} (top-1 margin accuracy, held-out sentences)",
+        f"## Cross-lingual retrieval at the aligned layer {retrieval['layer']} (top-1 margin accuracy, dev sentences)",
         "",
         *markdown_table(
             ["variant", "directions among en and aligned languages", f"directions touching {', '.join(plan['unaligned'])}"],
@@ -226,10 +254,14 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
         "## What ran",
         "",
+        f"Precision: {PRECISION_WORDS.get(results['precision'], results['precision'])}. Optimizer steps: "
+        + ", ".join(f"{name} {count}" for name, count in steps.items())
+        + f". Evaluation: one teacher-forced pass per item; {results['task']['generated_items']} items needed generation.",
+        "",
         *markdown_table(["step", "seconds"], [[step, f"{value:.0f}"] for step, value in seconds.items()]),
         "",
-        "Adapters: `adapters/align`, `adapters/task`, `adapters/merged` (each with its model card and recipe). "
-        "Rerun any step from this folder with the commands at the top of `recipes/*.yaml`. "
+        "Adapters: `adapters/align`, `adapters/joint`, `adapters/task`, `adapters/merged` (each with its model card and "
+        "recipe). Rerun any step from this folder with the commands at the top of `recipes/*.yaml`. "
         "Details: `eval/results.json`, `eval/predictions/`, `eval/report.md`, `probe/probe.json`.",
         "",
     ]

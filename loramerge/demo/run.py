@@ -1,11 +1,13 @@
 """`loramerge demo`: the paper's method end to end on a bundled model, offline, on this machine's own data.
 
-1. data: the iso-codes task (train: English and French names only; test: the same entities in every
-   language) and gettext UI sentence pairs en <-> ru, zh_CN, ja for alignment (iso_* catalogs left out, so
-   alignment data and task come from different domains; Korean gets no alignment data at all);
-2. train-align (recipes/demo/align.yaml); 3. train-task (recipes/demo/task.yaml);
-4. merge them exactly (recipes/demo/merge.yaml); 5. evaluate base, task-only and merged per language;
-6. probe per-layer retrieval of base, alignment and merged adapters; 7. report.md, results.json, plots.
+1. data: the topic task (which kind of program a UI sentence comes from; train: English only; test: the same
+   sentences in fr, de, ja, ru, zh_CN) and its alignment pairs (the English training sentences with their
+   ru, zh_CN, ja translations; fr and de get none);
+2. train-align (recipes/demo/align.yaml); 3. train-task --pairs, joint training (recipes/demo/joint.yaml);
+4. train-task, task only (recipes/demo/task.yaml); 5. merge task + alignment adapters exactly
+   (recipes/demo/merge.yaml); 6. evaluate task-only, joint and merged per language (exact match; one
+   teacher-forced pass per item); 7. probe per-layer retrieval of base, alignment, joint and merged adapters;
+8. report.md (did transfer improve? with intervals and the run's detectable effect), results.json, plots.
 
 Everything is staged and renamed into --out at the end; paths recorded inside are relative to --out, so the
 recipes in OUT/recipes/ rerun each step from there with the three commands.
@@ -13,9 +15,7 @@ recipes in OUT/recipes/ rerun each step from there with the three commands.
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,15 +27,17 @@ import yaml
 from rich.console import Console
 
 from loramerge.atomic import atomic_directory, output_dir_problem
-from loramerge.data.corpora import FilterSettings, extract_gettext
-from loramerge.data.isocodes import build_iso_task
-from loramerge.data.summaries import print_extraction, print_iso_task
+from loramerge.data.summaries import print_topic_task
+from loramerge.data.topic_subsets import first_per_label, probe_pairs
+from loramerge.data.topics import build_topic_task
 from loramerge.demo.plan import FULL, QUICK, DemoPlan
-from loramerge.demo.report import demo_results, write_report
+from loramerge.demo.plots import plot_demo_scores
+from loramerge.demo.report import PRECISION_WORDS, demo_results, write_report
 from loramerge.errors import LoramergeError
 from loramerge.evaluate.probe_run import ProbeSettings, run_probe
 from loramerge.evaluate.run import EvalSettings, run_eval
 from loramerge.merge.engine import merge_adapters
+from loramerge.models.precision import resolved_precision
 from loramerge.output_lock import output_lock
 from loramerge.recipes import apply_override, read_recipe_file, shipped_recipe, validate_recipe
 from loramerge.train.recipe import TrainRecipe
@@ -80,37 +82,23 @@ class Steps:
         return time.perf_counter() - self.started
 
 
-def test_subset(test_file: Path, entities: int, out: Path, seed: int = 0) -> Path:
-    """The first `entities` of a seeded shuffle of the test entities, in every language (still parallel)."""
-    records = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
-    ids = sorted({record["id"] for record in records})
-    random.Random(seed).shuffle(ids)
-    keep = set(ids[:entities])
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records if r["id"] in keep), encoding="utf-8")
-    return out
-
-
 def build_data(plan: DemoPlan, console: Console) -> dict[str, Any]:
-    started = time.perf_counter()
-    task = build_iso_task(list(plan.supervised), list(plan.transfer), Path("data/task"))
-    print_iso_task(task, console)
-    test_subset(Path("data/task/test.jsonl"), plan.test_entities, Path("data/task/test-demo.jsonl"))
-    no_task_domain = FilterSettings(exclude=("iso_*",))  # the task's own catalogs stay out of the alignment data
-    pairs = extract_gettext(list(plan.aligned), Path("data/pairs.jsonl"), settings=no_task_domain)
-    print_extraction(pairs, time.perf_counter() - started, console)
-    # The probe's sentences: test-split UI sentences (never trained on) in every transfer language, Korean included.
-    probe = extract_gettext(list(plan.transfer), Path("data/probe.jsonl"), settings=no_task_domain, multiway=True)
+    task = build_topic_task(list(plan.supervised), list(plan.transfer), Path("data/topics"), align_langs=list(plan.aligned))
+    print_topic_task(task, console)
+    first_per_label(Path("data/topics/test.jsonl"), plan.test_per_label, Path("data/test-demo.jsonl"))
+    # The probe's sentences: dev sentences in all six languages, never in the alignment pairs or the test items.
+    probe_pairs(Path("data/topics/dev.jsonl"), plan.probe_sentences, Path("data/probe-pairs.jsonl"))
     return {
         "task_records": task.counts,
-        "task_entities": task.entities,
-        "pairs": pairs.counts,
-        "probe_sentences": probe.sources.get("test", 0),
+        "per_label": task.per_label,
+        "test_items_per_label": plan.test_per_label,
+        "probe_sentences": plan.probe_sentences,
     }
 
 
 def demo_recipe(name: str, plan: DemoPlan, paths: dict[str, str]) -> dict[str, Any]:
     """recipes/demo/NAME.yaml with the data paths and the plan's model filled in, as OUT/recipes/NAME.yaml."""
-    data = read_recipe_file(shipped_recipe("demo", name))
+    data = read_recipe_file(shipped_recipe(plan.recipes, name))
     if name != "merge":
         data["model"] = plan.model
     data.update(paths)
@@ -152,12 +140,14 @@ def merge(plan: DemoPlan) -> dict[str, Any]:
 def evaluate(plan: DemoPlan, console: Console) -> dict[str, Any]:
     settings = EvalSettings(
         model=plan.model,
-        data=Path("data/task/test-demo.jsonl"),
+        data=Path("data/test-demo.jsonl"),
         out=Path("eval"),
-        adapters=("task=adapters/task", "merged=adapters/merged"),
+        adapters=tuple(f"{name}=adapters/{name}" for name in EVALUATED),
+        include_base=False,  # the base model does not know the six labels: it scores 0 (BENCHMARKS.md, topic task)
         supervised=",".join(plan.supervised),
         max_new_tokens=plan.max_new_tokens,
-        batch_size=32,  # bench/quality.py measured 6.7 generations/s at 32 on 2 cores (Gemma-3-270M, 600 items)
+        batch_size=32,
+        precision="auto",  # as training: bf16 autocast where this machine's bf16 matmul measured faster
     )
     return run_eval(settings, console)
 
@@ -165,12 +155,15 @@ def evaluate(plan: DemoPlan, console: Console) -> dict[str, Any]:
 def probe(plan: DemoPlan, console: Console) -> dict[str, Any]:
     settings = ProbeSettings(
         model=plan.model,
-        pairs=Path("data/probe-test.jsonl"),
+        pairs=Path("data/probe-pairs.jsonl"),
         out=Path("probe"),
-        adapters=("align=adapters/align", "merged=adapters/merged"),
+        adapters=tuple(f"{name}=adapters/{name}" for name in ("align", "joint", "merged")),
         max_sentences=plan.probe_sentences,
     )
     return run_probe(settings, console)
+
+
+EVALUATED = ("task", "joint", "merged")  # task-only first: the others are compared with it
 
 
 def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
@@ -178,26 +171,32 @@ def run_demo(out: Path, quick: bool, overwrite: bool, console: Console) -> Path:
         if (problem := output_dir_problem(out, overwrite)) is not None:
             raise LoramergeError(problem)
         plan = QUICK if quick else FULL
-        steps = Steps(console, total=7)
+        steps = Steps(console, total=8)
         with atomic_directory(out) as staging, working_directory(staging):
-            steps.start("data", "data: iso-codes task and gettext sentence pairs from this machine's catalogs")
+            steps.start("data", "data: the topic task and its alignment pairs from this machine's gettext catalogs")
             data = build_data(plan, console)
-            steps.start("train-align", f"train-align on {plan.model}: en <-> {', '.join(plan.aligned)} UI sentences")
-            align = train("align", "align", plan, {"pairs": "data/pairs-train.jsonl"})
-            steps.start("train-task", f"train-task: {', '.join(plan.supervised)} names only")
-            task = train("task", "task", plan, {"data": "data/task/train.jsonl"})
+            precision = resolved_precision("auto")  # measured once per machine; training and eval read the same answer
+            console.print(f"precision: {PRECISION_WORDS[precision]}")
+            pairs = {"pairs": "data/topics/align-train.jsonl"}
+            task_data = {"data": "data/topics/train.jsonl"}
+            steps.start("train-align", f"train-align on {plan.model}: en <-> {', '.join(plan.aligned)}, the task's own sentences")
+            align = train("align", "align", plan, pairs)
+            steps.start("train-joint", f"train-task --pairs: joint, {', '.join(plan.supervised)} task data + alignment")
+            joint = train("joint", "task", plan, {**task_data, **pairs})
+            steps.start("train-task", f"train-task: {', '.join(plan.supervised)} task data only")
+            task = train("task", "task", plan, task_data)
             steps.start("merge", "merge task + alignment adapters (exact)")
             merged = merge(plan)
-            steps.start("eval", "evaluate base, task-only and merged in every language")
+            steps.start("eval", f"evaluate {', '.join(EVALUATED)} in every language")
             evaluation = evaluate(plan, console)
-            steps.start("probe", "probe per-layer cross-lingual retrieval: base, alignment, merged")
-            layer = align["align_layer"]
+            steps.start("probe", "probe per-layer cross-lingual retrieval: base, alignment, joint, merged")
             retrieval = probe(plan, console)
             steps.start("report", "report")
             seconds = steps.finish()
-            results = demo_results(plan, data, align, task, merged, evaluation, retrieval, layer, steps.seconds, seconds)
+            training = {"align": align, "joint": joint, "task": task}
+            results = demo_results(plan, data, training, merged, evaluation, retrieval, precision, steps.seconds, seconds)
             write_report(results, Path("."))
-            shutil.copy("eval/scores.png", "scores.png")
+            plot_demo_scores(results, Path("scores.png"))
             shutil.copy("probe/probe.png", "retrieval.png")
         console.print(f"report: {out / 'report.md'}  (results.json, scores.png, retrieval.png, adapters/, recipes/ beside it)")
         return out
