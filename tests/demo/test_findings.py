@@ -21,13 +21,13 @@ def write_predictions(folder: Path, variant: str, scores: dict[str, list[float]]
 
 
 def test_a_consistent_gain_on_transfer_items_is_reported_as_improved(tmp_path: Path) -> None:
-    task = {"en": [100.0] * 40, "ru": [0.0] * 40, "ko": [0.0] * 40}
-    merged = {"en": [100.0] * 40, "ru": [100.0] * 10 + [0.0] * 30, "ko": [0.0] * 40}  # 10 more ru items right
+    task = {"en": [100.0] * 40, "ru": [0.0] * 40, "de": [0.0] * 40}
+    merged = {"en": [100.0] * 40, "ru": [100.0] * 10 + [0.0] * 30, "de": [0.0] * 40}  # 10 more ru items right
     write_predictions(tmp_path, "task", task)
     write_predictions(tmp_path, "merged", merged)
     result = task_intervals(tmp_path, ["task", "merged"], FULL)
     gains = result["gain over task"]
-    assert gains["transfer"]["items"] == 80  # ru and ko: the plan's zh_CN and ja have no items here
+    assert gains["transfer"]["items"] == 80  # ru and de: the plan's zh_CN, ja and fr have no items here
     assert gains["transfer"]["merged"]["mean"] == pytest.approx(12.5)  # 10 of 80 items, each +100 points
     assert gains["transfer"]["merged"]["verdict"] == "improved"
     assert gains["supervised"]["merged"]["verdict"] == "no detectable change"
@@ -35,6 +35,9 @@ def test_a_consistent_gain_on_transfer_items_is_reported_as_improved(tmp_path: P
     assert result["languages"]["ru"]["merged"]["mean"] == pytest.approx(25.0)
     low, high = result["languages"]["ru"]["merged"]["low"], result["languages"]["ru"]["merged"]["high"]
     assert low < 25.0 < high
+    by_language = result["gain over task by language"]  # the scores plot's second panel
+    assert set(by_language) == {"en", "ru", "de"} and by_language["ru"]["items"] == 40
+    assert by_language["ru"]["merged"]["mean"] == pytest.approx(25.0) and by_language["de"]["merged"]["mean"] == 0.0
 
 
 def test_verdicts() -> None:
@@ -47,8 +50,8 @@ def test_retrieval_splits_directions_that_touch_a_language_without_alignment_dat
     directions = {
         "en->ru": {"margin": 0.8},
         "ru->en": {"margin": 0.6},
-        "en->ko": {"margin": 0.3},
-        "ko->ru": {"margin": 0.1},
+        "en->de": {"margin": 0.3},
+        "de->ru": {"margin": 0.1},
     }
     probe = {"variants": {"base": {"layers": {"9": {"directions": directions}}}}}
     summary = retrieval_by_group(probe, 9, FULL)
