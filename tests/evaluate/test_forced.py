@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from loramerge.data.records import TaskRecord
-from loramerge.data.tokenization import prompt_ids
+from loramerge.data.tokenization import prompt_and_answer_ids, prompt_ids
 from loramerge.evaluate.evaluator import Evaluator
-from loramerge.evaluate.forced import greedy_path, read_answer
-from loramerge.evaluate.generation import generate_greedy
+from loramerge.evaluate.forced import forced_answers, greedy_path, read_answer
+from loramerge.evaluate.generation import generate_greedy, stop_ids
 from loramerge.evaluate.metrics import exact_match
 from loramerge.models.loading import load_tokenizer, parse_model_spec
 from loramerge.testing.tiny import load_model
@@ -48,13 +48,28 @@ def test_forced_scores_equal_generations_item_by_item(llama: Path, max_new_token
     expected = [exact_match(text, reference) for text, reference in zip(generated, references)]
     assert expected.count(100.0) >= len(PROMPTS) // 2  # a real mix of right and wrong answers
 
-    evaluator = Evaluator(str(llama), "exact", batch_size=4, max_new_tokens=max_new_tokens)
-    scored = evaluator.evaluate(None, items).predictions
-    assert [prediction.score for prediction in scored] == expected
-    assert evaluator.last_generated < len(PROMPTS)  # the forced pass decided some items without generating
-    for prediction, text in zip(scored, generated):  # a right answer is the generated text itself
-        if prediction.score == 100.0:
-            assert prediction.text == text.strip()
+    pairs = prompt_and_answer_ids(items, tokenizer)
+    found = forced_answers(
+        model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], references, set(stop_ids(tokenizer)), 4, max_new_tokens
+    )
+    assert any(answer.decided for answer in found)  # the pass decided items without generating
+    for answer, text, reference, score in zip(found, generated, references, expected):
+        if answer.decided:
+            assert exact_match(answer.text, reference) == score
+            if score == 100.0:  # a right answer is the generated text itself
+                assert answer.text == text.strip()
+
+
+def test_the_evaluator_uses_the_pass_under_autocast_only(llama: Path) -> None:
+    items = records([" b", " fichier", " x", " password", "", " a", " b", " c"])
+    bf16 = Evaluator(str(llama), "exact", batch_size=4, max_new_tokens=3, precision="bf16")
+    generated = [prediction.score for prediction in bf16.evaluate(None, items, forced=False).predictions]
+    assert bf16.last_generated == len(PROMPTS)
+    assert [prediction.score for prediction in bf16.evaluate(None, items).predictions] == generated
+    assert bf16.last_generated < len(PROMPTS)
+    float32 = Evaluator(str(llama), "exact", batch_size=4, max_new_tokens=3)
+    float32.evaluate(None, items)
+    assert float32.last_generated == len(PROMPTS)  # float32 generates: the pass measured slower there
 
 
 def test_read_answer_decides_only_where_no_continuation_can_change_the_score(llama: Path) -> None:
