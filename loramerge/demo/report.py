@@ -192,6 +192,14 @@ def retrieval_group_rows(retrieval: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def evaluation_words(results: dict[str, Any]) -> str:
+    """How the items were scored: the one-pass exact match runs under autocast only (evaluate/evaluator.py)."""
+    generated = results["task"]["generated_items"]
+    if results["precision"] == "no":
+        return "greedy generation of every item (float32)"
+    return f"one teacher-forced pass per item, {generated} of them also generated where the pass could not decide"
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     plan, groups = results["plan"], results["task"]["groups"]
     variants = list(groups)
@@ -256,7 +264,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
         f"Precision: {PRECISION_WORDS.get(results['precision'], results['precision'])}. Optimizer steps: "
         + ", ".join(f"{name} {count}" for name, count in steps.items())
-        + f". Evaluation: one teacher-forced pass per item; {results['task']['generated_items']} items needed generation.",
+        + f". Evaluation: {evaluation_words(results)}.",
         "",
         *markdown_table(["step", "seconds"], [[step, f"{value:.0f}"] for step, value in seconds.items()]),
         "",
