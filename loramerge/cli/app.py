@@ -48,8 +48,8 @@ def demo(
     overwrite: OverwriteOption = True,
     debug: DebugOption = False,
 ) -> None:
-    """The method end to end on bundled:gemma-3-270m, offline: data from this machine's catalogs, train-align,
-    train-task, exact merge, per-language evaluation and retrieval probe, report.md (~10-15 min on 2 CPU cores)."""
+    """The method end to end on bundled:gemma-3-270m, offline, on the topic task: train-align, joint and task-only
+    train-task, exact merge, per-language evaluation and retrieval probe, report.md (~18-25 min on 2 CPU cores)."""
     from loramerge.demo.run import run_demo
 
     run_safely(debug, lambda: run_demo(out, quick=quick, overwrite=overwrite, console=console))

@@ -97,7 +97,7 @@ def build_data(plan: DemoPlan, console: Console) -> dict[str, Any]:
 
 
 def demo_recipe(name: str, plan: DemoPlan, paths: dict[str, str]) -> dict[str, Any]:
-    """recipes/demo/NAME.yaml with the data paths and the plan's model filled in, as OUT/recipes/NAME.yaml."""
+    """recipes/GROUP/NAME.yaml (GROUP: the plan's recipes) with the data paths and the plan's model filled in."""
     data = read_recipe_file(shipped_recipe(plan.recipes, name))
     if name != "merge":
         data["model"] = plan.model
