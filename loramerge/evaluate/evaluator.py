@@ -157,21 +157,23 @@ class Evaluator:
         variant: str | None,
         records: list[TaskRecord],
         on_batch: Callable[[int], None] | None = None,
-        forced: bool = True,
+        forced: bool | None = None,
     ) -> VariantScores:
         """Greedy answers for every record with the adapter `variant` (None: the base model alone), scored.
-        forced=False generates every item, also under exact match (bench/eval_speed.py compares the two)."""
+        forced: None uses the one-pass exact match under autocast only (see _answers), True always, False never
+        (bench/eval_speed.py compares them)."""
         with self._variant(variant), self._autocast():
             start = time.perf_counter()
             texts = self._answers(records, on_batch, forced)
             seconds = time.perf_counter() - start
         return score_predictions(self.metric, records, texts, seconds)
 
-    def _answers(self, records: list[TaskRecord], on_batch: Callable[[int], None] | None, forced: bool) -> list[str]:
+    def _answers(self, records: list[TaskRecord], on_batch: Callable[[int], None] | None, forced: bool | None) -> list[str]:
         """Exact match under autocast: one teacher-forced pass decides most items (evaluate/forced.py), the rest are
         generated; other metrics, and float32, generate every item. In float32 the pass measured 0.74x the speed
         of generation on a 2-core AMD EPYC (in bf16 1.31x; bench/eval_speed.py), so float32 keeps generating."""
-        if self.metric.name != "exact" or not forced or self.precision not in AUTOCAST_DTYPES:
+        use_pass = self.precision in AUTOCAST_DTYPES if forced is None else forced
+        if self.metric.name != "exact" or not use_pass:
             self._count_generated(len(records))
             prompts = prompt_ids(records, self.tokenizer)
             return generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, on_batch)
