@@ -172,8 +172,9 @@ def test_cli_rejects_missing_inputs(tmp_path):
 def test_every_shipped_training_recipe_validates():
     from pathlib import Path
 
-    recipes = sorted(Path("recipes").glob("paper/*-*.yaml")) + sorted(Path("recipes").glob("tiny/*.yaml"))
-    assert len(recipes) >= 9
+    recipes = [*sorted(Path("recipes").glob("paper/*-*.yaml")), *sorted(Path("recipes").glob("tiny/*.yaml"))]
+    recipes += sorted(Path("recipes").glob("module/ref-*.yaml"))
+    assert len(recipes) >= 11
     for path in recipes:
         if path.name != "paper-common.yaml":
             load_recipe(TrainRecipe, path)
