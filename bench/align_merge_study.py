@@ -513,8 +513,8 @@ def print_table(result: dict[str, Any]) -> None:
     print("\ndrift from task-only (relative, last prompt position):")
     for name, drift_of in result["drift"].items():
         print(f"  {name}: {drift_of}")
-    if "chosen" in result or "chosen_on_dev" in result:
-        print(f"\nchosen on dev: {result.get('chosen', result.get('chosen_on_dev'))}; guards met: {result.get('guards_met')}")
+    if "chosen" in result:
+        print(f"\nchosen on dev: {result['chosen']}; guards met: {result['guards_met']}")
 
 
 def show(stage: str, result: dict[str, Any]) -> None:
