@@ -30,12 +30,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import paired_intervals, train_demo_variant
+from common import paired_intervals, prediction_rows, train_demo_variant, variant_comparison, variant_table
+from iso_demo import FULL as ISO_PLAN  # the reference task: iso-codes, its languages and shipped recipes
+from iso_demo import test_subset
 from rich.console import Console
 
 from loramerge.cli.support import quiet_libraries
@@ -43,9 +44,9 @@ from loramerge.data.records import TaskRecord, read_task_file
 from loramerge.data.tokenization import prompt_and_answer_ids
 from loramerge.demo.plan import FULL as PLAN
 from loramerge.demo.run import working_directory
+from loramerge.evaluate.evaluator import Evaluator
 from loramerge.evaluate.generation import left_pad, length_batches
-from loramerge.models.loading import load_causal_lm, load_tokenizer, parse_model_spec
-from loramerge.models.precision import AUTOCAST_DTYPES, resolved_precision
+from loramerge.train.recipe import Mode
 
 ALIGNED_LAYER = 9  # hidden_states[9]: the output of blocks 0-8; the alignment loss reaches no block above
 BELOW, ABOVE = f"-{ALIGNED_LAYER - 1}", f"{ALIGNED_LAYER}-"  # merge rule layer ranges: blocks 0-8 and 9-17
@@ -68,14 +69,14 @@ def joint_adapter(seed: int) -> Path:
     return reused_or_trained(seed, "joint", "task", {"data": TASK_DATA, "pairs": PAIRS}, [])
 
 
-def reused_or_trained(seed: int, recipe: str, mode: str, paths: dict[str, str], overrides: list[str]) -> Path:
+def reused_or_trained(seed: int, recipe: str, mode: Mode, paths: dict[str, str], overrides: list[str]) -> Path:
     """demo-dev's adapter of this seed where it exists (bench/transfer_study.py demo-dev: the same recipe), else
     trained with recipes/demo/RECIPE.yaml."""
     out = seed_folder(seed) / recipe
     earlier = Path(f"demo-dev/100/seed{seed}/{recipe}")
     if not out.exists() and (earlier / "adapter_model.safetensors").is_file():
         shutil.copytree(earlier, out)
-    return train_demo_variant(out, recipe, mode, PLAN, paths, [f"seed={seed}", *overrides])  # type: ignore[arg-type]
+    return train_demo_variant(out, recipe, mode, PLAN, paths, [f"seed={seed}", *overrides])
 
 
 def align_adapter(seed: int, name: str = "align", overrides: tuple[str, ...] = ()) -> Path:
@@ -102,48 +103,31 @@ def source(path: Path, weight: float = 1.0, zero: str | None = None) -> dict[str
 
 
 class LabelPass:
-    """The base model with adapters by name; per item the label logits, the raw first-token answer and the
-    last prompt position's hidden states at the aligned layer and the last layer."""
+    """The base model with adapters by name (an Evaluator: its loading, adapter checks and precision); per item the
+    label logits, the raw first-token answer and the last prompt position's hidden states at the aligned layer and
+    the last layer."""
 
     def __init__(self, records: list[TaskRecord]) -> None:
-        from peft import PeftModel
-
-        source_spec = parse_model_spec(PLAN.model)
-        self.tokenizer = load_tokenizer(source_spec)
-        self.base = load_causal_lm(source_spec).eval()
-        self.model: PeftModel | None = None
-        self.internal_names: dict[str, str] = {}
-        self.precision = resolved_precision("auto")
-        pairs = prompt_and_answer_ids(records, self.tokenizer)
+        self.evaluator = Evaluator(PLAN.model, "exact", precision="auto")
+        pairs = prompt_and_answer_ids(records, self.evaluator.tokenizer)
         self.prompts = [prompt for prompt, _ in pairs]
         self.gold = torch.tensor([answer[0] for _, answer in pairs])
         self.label_tokens = torch.tensor(sorted(set(self.gold.tolist())))
         self.languages = [record.lang for record in records]
 
     def add(self, name: str, path: Path) -> None:
-        from peft import PeftModel
-
-        internal = self.internal_names.setdefault(name, f"adapter_{len(self.internal_names)}")  # PEFT forbids "."
-        if self.model is None:
-            self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=internal)
-        else:
-            self.model.load_adapter(str(path), adapter_name=internal)
-        self.model.eval()
+        self.evaluator.add_adapter(name, path)
 
     @torch.inference_mode()
     def run(self, name: str) -> dict[str, torch.Tensor]:
-        assert self.model is not None
-        self.model.set_adapter(self.internal_names[name])
-        pad = self.tokenizer.pad_token_id
+        pad = self.evaluator.tokenizer.pad_token_id
         size = len(self.prompts)
         out = {"labels": torch.empty(size, len(self.label_tokens)), "top": torch.empty(size, dtype=torch.long)}
-        states: dict[str, list[tuple[list[int], torch.Tensor]]] = {"aligned": [], "last": []}
-        autocast = torch.autocast("cpu", dtype=AUTOCAST_DTYPES[self.precision]) if self.precision in AUTOCAST_DTYPES else None
-        for batch in length_batches([len(p) for p in self.prompts], 32):
-            input_ids, mask = left_pad([self.prompts[i] for i in batch], pad)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with autocast or torch.autocast("cpu", enabled=False):
-                result = self.model(
+        with self.evaluator.active(name) as model:
+            for batch in length_batches([len(p) for p in self.prompts], 32):
+                input_ids, mask = left_pad([self.prompts[i] for i in batch], pad)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                result = model(
                     input_ids=input_ids,
                     attention_mask=mask,
                     position_ids=positions,
@@ -151,17 +135,12 @@ class LabelPass:
                     output_hidden_states=True,
                     use_cache=False,
                 )
-            logits = result.logits[:, -1].float()
-            out["labels"][batch] = logits[:, self.label_tokens]
-            out["top"][batch] = logits.argmax(-1)
-            states["aligned"].append((batch, result.hidden_states[ALIGNED_LAYER][:, -1].float()))
-            states["last"].append((batch, result.hidden_states[-1][:, -1].float()))
-        for key, parts in states.items():
-            width = parts[0][1].shape[-1]
-            table = torch.empty(size, width)
-            for batch, values in parts:
-                table[batch] = values
-            out[key] = table
+                logits = result.logits[:, -1].float()
+                out["labels"][batch] = logits[:, self.label_tokens]
+                out["top"][batch] = logits.argmax(-1)
+                for key, layer in (("aligned", ALIGNED_LAYER), ("last", -1)):
+                    states = result.hidden_states[layer][:, -1].float()
+                    out.setdefault(key, torch.empty(size, states.shape[-1]))[batch] = states
         return out
 
 
@@ -215,9 +194,8 @@ def label_counts(found: dict[str, torch.Tensor], label_names: list[str], rows: l
 DEV_ITEMS: int | None = None  # --items: the first N dev records only (a smoke run of the script)
 
 
-def dev_records() -> tuple[Path, list[TaskRecord]]:
-    path = Path("data/topics/dev.jsonl")
-    return path, read_task_file(path)[:DEV_ITEMS]
+def dev_records() -> list[TaskRecord]:
+    return read_task_file(Path("data/topics/dev.jsonl"))[:DEV_ITEMS]
 
 
 def passes(
@@ -292,13 +270,12 @@ def diagnose(console: Console) -> dict[str, Any]:
         "task<9 + joint>=9": merged(folder / "swap-joint-above", [source(task, zero=ABOVE), source(joint, zero=BELOW)]),
         "joint + align": merged(folder / "joint-align", [source(joint), source(align)]),
     }
-    _, records = dev_records()
+    records = dev_records()
     return summary(records, [passes(records, variants, console)], "task")
 
 
 # ---------------------------------------------------------------------------------------------- candidates
 
-ISO_PLAN = replace(PLAN, recipes="isocodes")  # the iso-codes task's shipped recipes (the reference task)
 UI_PAIRS = "data/ui-pairs.jsonl"  # UI pairs outside the topic catalogs, dev and test text dropped (transfer_study.py)
 
 
@@ -308,7 +285,7 @@ def iso_adapters(seed: int) -> tuple[Path, Path]:
     from loramerge.data.isocodes import build_iso_task
 
     if not Path("iso/task/train.jsonl").is_file():
-        build_iso_task(["en", "fr"], ["ru", "zh_CN", "ja", "ko"], Path("iso/task"))  # bench/iso_demo.py's languages
+        build_iso_task(list(ISO_PLAN.supervised), list(ISO_PLAN.transfer), Path("iso/task"))
     data = {"data": "iso/task/train.jsonl"}
     common = [f"seed={seed}", "precision=auto"]
     task = train_demo_variant(seed_folder(seed) / "iso-task", "task", "task", ISO_PLAN, data, common)
@@ -359,7 +336,7 @@ def candidates(console: Console) -> dict[str, Any]:
     seed = 0
     task = task_adapter(seed)
     variants = {"task": task} | {name: with_task(seed, name, task, make(seed)) for name, make in CANDIDATES.items()}
-    _, records = dev_records()
+    records = dev_records()
     result = summary(records, [passes(records, variants, console)], "task")
     result["chosen"], result["guards_met"] = choose(result)
     return result
@@ -368,6 +345,19 @@ def candidates(console: Console) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- test
 
 TEST_START, TEST_PER_LABEL = 90, 99  # items 90-188 of each label: never read (the study read 0-89, the demo 0-59)
+
+
+def compared(seed: int, chosen: str) -> dict[str, Path]:
+    """What every test read scores: task-only, joint, the demo's merge and the candidate chosen on dev."""
+    task = task_adapter(seed)
+    variants = {
+        "task": task,
+        "joint": joint_adapter(seed),
+        "align@1": with_task(seed, "align@1", task, CANDIDATES["align@1"](seed)),
+    }
+    if chosen != "align@1":
+        variants[f"chosen {chosen}"] = with_task(seed, chosen, task, CANDIDATES[chosen](seed))
+    return variants
 
 
 def test(seeds: list[int], console: Console) -> dict[str, Any]:
@@ -381,13 +371,9 @@ def test(seeds: list[int], console: Console) -> dict[str, Any]:
     records = read_task_file(data)
     runs = []
     for seed in seeds:
-        task, joint = task_adapter(seed), joint_adapter(seed)
+        task = task_adapter(seed)
         other = (seed + 1) % 3
-        variants = {
-            "task": task,
-            "joint": joint,
-            "align@1": with_task(seed, "align@1", task, CANDIDATES["align@1"](seed)),
-            **({} if chosen == "align@1" else {f"chosen {chosen}": with_task(seed, chosen, task, CANDIDATES[chosen](seed))}),
+        variants = compared(seed, chosen) | {
             "align@1 of another seed": with_task(seed, f"align-of-seed{other}", task, [source(align_adapter(other))]),
         }
         runs.append(passes(records, variants, console))
@@ -423,14 +409,7 @@ def unseen(seeds: list[int], console: Console) -> dict[str, Any]:
     }
     runs = []
     for seed in seeds:
-        task = task_adapter(seed)
-        variants = {
-            "task": task,
-            "joint": joint_adapter(seed),
-            "align@1": with_task(seed, "align@1", task, CANDIDATES["align@1"](seed)),
-            **({} if chosen == "align@1" else {f"chosen {chosen}": with_task(seed, chosen, task, CANDIDATES[chosen](seed))}),
-        }
-        runs.append(passes(records, variants, console))
+        runs.append(passes(records, compared(seed, chosen), console))
     return summary(records, runs, "task", groups) | {"chosen_on_dev": chosen, "languages": list(UNSEEN)}
 
 
@@ -439,10 +418,6 @@ def anywhere(seeds: list[int], console: Console) -> dict[str, Any]:
     adapter (one module, three task adapters it never saw). Iso-codes test (50 entities, read by earlier studies;
     nothing is chosen on it): the iso-codes task-only adapter with seed 0's topic alignment adapter merged in, and
     with the topic task's own (joint - task-only) delta of blocks 0-8, the chosen recipe run the other way round."""
-    from common import prediction_rows, variant_comparison
-    from iso_demo import FULL as ISO_DEMO
-    from iso_demo import test_subset
-
     chosen = json.loads(Path("align-merge-candidates.json").read_text())["chosen"]
     module = CANDIDATES[chosen](0)
     records = read_task_file(Path("data/test-90-189.jsonl"))
@@ -460,15 +435,15 @@ def anywhere(seeds: list[int], console: Console) -> dict[str, Any]:
         "topic-delta<9": str(merged(seed_folder(0) / "iso-task+topic-delta", [source(iso_task), *topic_delta])),
     }
     data = test_subset(Path("iso/task/test.jsonl"), 50, Path("iso/test-50.jsonl"))
-    rows = prediction_rows(ISO_DEMO, data, Path("iso/eval-anywhere"), iso_variants, console, precision="auto")
+    rows = prediction_rows(ISO_PLAN, data, Path("iso/eval-anywhere"), iso_variants, console, precision="auto")
     found = {v: {r["line"]: (r["lang"], float(r["score"])) for r in found} for v, found in rows.items()}
-    iso = variant_comparison([found], ISO_DEMO, tuple(iso_variants))
+    iso = variant_comparison([found], ISO_PLAN, tuple(iso_variants))
     return {"topic": topic, "iso": iso, "chosen_on_dev": chosen}
 
 
 def drift(seeds: list[int], console: Console) -> dict[str, Any]:
     """Dev, English only, per seed: how far the demo's merge moves the task adapter's states and its score."""
-    _, records = dev_records()
+    records = dev_records()
     english = [record for record in records if record.lang in PLAN.supervised]
     result = {}
     for seed in seeds:
@@ -519,8 +494,6 @@ def print_table(result: dict[str, Any]) -> None:
 
 def show(stage: str, result: dict[str, Any]) -> None:
     """A stage's saved result as the tables BENCHMARKS.md quotes."""
-    from common import variant_table
-
     if stage == "drift":
         for seed, entry in result.items():
             if isinstance(entry, dict):

@@ -190,7 +190,7 @@ def tokenize_task(records: list[TaskRecord], tokenizer: PreTrainedTokenizerBase,
 def prompt_ids(records: list[TaskRecord], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     """For each record, the ids a model is given to generate its completion: the tokens before the final
     completion (or last assistant turn) in the training example, so evaluation prompts match training's."""
-    return [example.ids[: example.prompt_length] for example in _examples(records, tokenizer)]
+    return [prompt for prompt, _ in prompt_and_answer_ids(records, tokenizer)]
 
 
 def prompt_and_answer_ids(records: list[TaskRecord], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:

@@ -162,11 +162,19 @@ class Evaluator:
         """Greedy answers for every record with the adapter `variant` (None: the base model alone), scored.
         forced: None uses the one-pass exact match under autocast only (see _answers), True always, False never
         (bench/eval_speed.py compares them)."""
-        with self._variant(variant), self._autocast():
+        with self.active(variant):
             start = time.perf_counter()
             texts = self._answers(records, on_batch, forced)
             seconds = time.perf_counter() - start
         return score_predictions(self.metric, records, texts, seconds)
+
+    @contextmanager
+    def active(self, variant: str | None) -> Iterator[Any]:
+        """The model with the adapter `variant` on (None: the base model alone), under the evaluator's precision:
+        what evaluate() runs in, open to passes of a caller's own (bench/align_merge_study.py reads label logits
+        and hidden states)."""
+        with self._variant(variant), self._autocast():
+            yield self.model
 
     def _answers(self, records: list[TaskRecord], on_batch: Callable[[int], None] | None, forced: bool | None) -> list[str]:
         """Exact match under autocast: one teacher-forced pass decides most items (evaluate/forced.py), the rest are
